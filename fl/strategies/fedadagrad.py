@@ -1,0 +1,5 @@
+"""FedAdagrad: see `fl.strategies.adaptive` for the update rule (Reddi et al. 2021)."""
+
+from fl.strategies.adaptive import FedAdagrad
+
+__all__ = ["FedAdagrad"]

@@ -1,0 +1,127 @@
+"""`federated_training`: the training flow. It resumes where the model's last run stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.events import emit_event
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from fl.config import RunConfig, load_config
+from fl.engine import RoundRecord, new_run_id, round_record, summarize
+from fl.rounds import ClientTrainingError, RunContext, cohorts
+from fl.strategies import build_strategy
+from tasks import round as round_tasks
+
+# The CLI listens here to draw its progress bar; every round record is logged to it.
+ROUND_EVENTS = logging.getLogger("fedship.rounds")
+
+
+def max_workers() -> int:
+    return int(os.environ.get("FEDSHIP_MAX_WORKERS", max(2, os.cpu_count() or 2)))
+
+
+def build_run_config(
+    preset: str | None, config_file: str | None, rounds: int | None, overrides: list[str] | None
+) -> RunConfig:
+    settings = list(overrides or [])
+    if rounds is not None:
+        settings.append(f"rounds.per_run={rounds}")
+    config = load_config(preset=preset, config_file=config_file, overrides=settings)
+    build_strategy(config.strategy, clients_per_round=config.rounds.clients_per_round)
+    return config
+
+
+def _errors(futures: list[PrefectFuture[Any]], groups: list[list[int]]) -> dict[int, str]:
+    """Per-client error messages of the training tasks that failed after their retries."""
+    errors: dict[int, str] = {}
+    for future, group in zip(futures, groups, strict=True):
+        future.wait()
+        if future.state.is_completed():
+            continue
+        error = future.state.result(raise_on_failure=False)
+        if isinstance(error, ClientTrainingError):
+            errors.update(error.errors)
+        else:
+            errors.update({cid: f"{future.state.name}: {error}" for cid in group})
+    return errors
+
+
+def _emit(kind: str, model: str, record: RoundRecord, run_id: str) -> None:
+    emit_event(
+        event=f"fedship.version.{kind}",
+        resource={"prefect.resource.id": f"fedship.model.{model}", "fedship.model": model},
+        payload={"run_id": run_id, **record.model_dump(mode="json")},
+    )
+
+
+@flow(
+    name="federated-training",
+    flow_run_name="train-{model}",
+    task_runner=ThreadPoolTaskRunner(max_workers=max_workers()),
+    validate_parameters=True,
+)
+def federated_training(
+    model: str = "default",
+    store: str | None = None,
+    preset: str | None = None,
+    config_file: str | None = None,
+    rounds: int | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run `rounds` federated rounds (default `rounds.per_run`), continuing the model's lineage.
+
+    Each round: sample → train (one task per cohort, mapped) → aggregate → evaluate → gate →
+    register → promote (or revert to production's weights) and checkpoint.
+    """
+    logger = get_run_logger()
+    config = build_run_config(preset, config_file, rounds, overrides)
+    run_id = f"{new_run_id().split('-')[0]}-{str(flow_run.get_id() or '')[:8] or 'local'}"
+    ctx = RunContext(
+        store_url=store or config.store.resolved_url(), model=model, run_id=run_id, config=config
+    )
+    start = state = round_tasks.resume(ctx)
+    logger.info(
+        "run %s: model %r in %s resumes from %s at round %d",
+        run_id, model, ctx.store_url, state.source, state.server_round,
+    )  # fmt: skip
+    records: list[RoundRecord] = []
+    first = state.server_round + 1
+    for server_round in range(first, first + config.rounds.per_run):
+        sampled = round_tasks.sample_clients(ctx, server_round)
+        groups = cohorts(sampled, config.rounds.clients_per_task)
+        futures = round_tasks.train_clients.map(
+            unmapped(ctx), unmapped(state), unmapped(server_round), groups
+        )
+        errors = _errors(list(futures), groups)
+        outcome = round_tasks.aggregate(ctx, state, server_round, sampled, errors)
+        metrics = round_tasks.evaluate(ctx, server_round, outcome)
+        decision = round_tasks.gate(ctx, server_round, metrics, outcome)
+        manifest = round_tasks.register(ctx, state, server_round, outcome, metrics, decision)
+        change, state = round_tasks.promote(ctx, state, server_round, manifest, outcome)
+        record = round_record(manifest, change)
+        records.append(record)
+        _emit("promoted" if record.promoted else "rejected" if not record.gate_passed else "registered",
+              model, record, run_id)  # fmt: skip
+        logger.info(
+            "round %d: version %d accuracy %.4f gate %s%s%s",
+            server_round, record.version, record.accuracy,
+            "passed" if record.gate_passed else "rejected (" + "; ".join(
+                r for r, c in zip(record.reasons, manifest["gate"]["checks"], strict=True)
+                if not c["passed"]) + ")",
+            " -> promoted" if record.promoted else "",
+            f"; failed clients {sorted(record.failed)}" if record.failed else "",
+        )  # fmt: skip
+        ROUND_EVENTS.info("round", extra={"fedship_round": record, "fedship_total": config.rounds.per_run})
+    summary = summarize(ctx, start, records)
+    logger.info(
+        "run %s done: %d round(s), versions %s, promoted %s, production %s, final accuracy %s",
+        run_id, summary.rounds_completed, summary.versions_registered, summary.versions_promoted,
+        summary.production, summary.final_accuracy,
+    )  # fmt: skip
+    return summary.model_dump(mode="json")

@@ -1,0 +1,55 @@
+"""Prefect tasks for release operations: verify a version, move an alias."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from fl import release
+from fl.registry import Registry
+from fl.store import open_store
+
+IO = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=0.5),
+    "retry_jitter_factor": 0.2,
+    "cache_policy": NO_CACHE,
+    "timeout_seconds": 300,
+}
+
+
+def registry(store: str | None, model: str) -> Registry:
+    return Registry(open_store(store), model)
+
+
+@task(name="rollback-target", task_run_name="rollback target {model}/{alias}", **IO)
+def rollback_target(
+    store: str | None, model: str, alias: str, steps: int | None, to_version: int | None
+) -> int | None:
+    return registry(store, model).rollback_target(steps=steps, to=to_version, alias=alias)
+
+
+@task(name="verify-version", task_run_name="verify {model} v{version}", cache_policy=NO_CACHE,
+      timeout_seconds=600)  # fmt: skip
+def verify_version(store: str | None, model: str, version: int) -> dict[str, Any]:
+    """Checksum, load and evaluate a version; not retried: a mismatch does not heal."""
+    return release.verify_version(registry(store, model), version)
+
+
+@task(name="promotion-gate", task_run_name="gate {model} v{version}", **IO)
+def promotion_gate(store: str | None, model: str, version: int, alias: str) -> dict[str, Any]:
+    return release.promotion_decision(registry(store, model), version, alias).to_dict()
+
+
+@task(name="move-alias", task_run_name="{action} {model}/{alias} to v{version}", **IO)
+def move_alias(
+    store: str | None, model: str, alias: str, action: str, version: int, actor: str, reason: str
+) -> dict[str, Any]:
+    """Promote, or roll back to exactly `version`; idempotent, so safe to retry."""
+    reg = registry(store, model)
+    if action == "promote":
+        return reg.promote(version, alias=alias, actor=actor, reason=reason).to_dict()
+    return reg.rollback(to=version, alias=alias, actor=actor, reason=reason).to_dict()
