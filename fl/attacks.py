@@ -25,9 +25,7 @@ from fl.strategies.base import FlatUpdate
 _ATTACK_STREAM = 0xA77AC
 
 
-def _corrupt(
-    update: FlatUpdate, cfg: AttackConfig, *, seed: int, server_round: int
-) -> FlatUpdate:
+def _corrupt(update: FlatUpdate, cfg: AttackConfig, *, seed: int, server_round: int) -> FlatUpdate:
     honest = np.asarray(update.delta)
     if cfg.kind == "sign_flip":
         corrupted = -cfg.scale * honest.astype(np.float64)

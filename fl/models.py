@@ -124,20 +124,20 @@ def _init_from_generator(model: nn.Module, generator: torch.Generator) -> None:
                     module.bias.uniform_(-bound, bound, generator=generator)
 
 
-# Only for user factories, whose initialisation draws from the global generator: it is
-# forked, seeded and restored, one caller at a time.
+# Building a module draws from the global generator; that generator is forked, seeded and
+# restored around the build, one caller at a time.
 _global_rng_lock = threading.Lock()
 
 
 def initial_weights(cfg: ModelConfig, input_dim: int, num_classes: int, seed: int) -> Weights:
-    """Round-zero weights, identical for the same seed; the global torch RNG is left as it was."""
+    """Round-zero weights, identical for the same seed; the global torch RNG is left as it was.
+
+    Built-in architectures are then re-initialised from a private generator, so their weights
+    stay deterministic even if another thread draws from the global generator meanwhile.
+    """
+    with _global_rng_lock, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(cfg, input_dim, num_classes)
     if cfg.arch in _BUILTIN:
-        with torch.device("meta"):  # build without drawing from the global generator
-            model = build_model(cfg, input_dim, num_classes)
-        model = model.to_empty(device="cpu")
         _init_from_generator(model, torch.Generator().manual_seed(seed))
-    else:
-        with _global_rng_lock, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_model(cfg, input_dim, num_classes)
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -14,15 +14,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import typer
-from rich.console import Console
-from rich.table import Table
+# Prefect's console log is noise under our progress bar; --verbose brings it back. This must be
+# set before Prefect is imported, which configures logging on import.
+os.environ.setdefault(
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
+    "INFO" if {"-v", "--verbose"} & set(sys.argv[1:]) else "CRITICAL",
+)
 
-import tasks  # noqa: F401  (Fedship's Prefect defaults, before Prefect is imported)
-from fl.config import DEFAULT_STORE, STORE_ENV, ConfigError
-from fl.errors import FedshipError
-from fl.registry import DEFAULT_ALIAS, Registry
-from fl.store import open_store
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+import tasks  # noqa: E402,F401  (Fedship's Prefect defaults, before Prefect is imported)
+from fl.config import DEFAULT_STORE  # noqa: E402, STORE_ENV, ConfigError
+from fl.errors import FedshipError  # noqa: E402
+from fl.registry import DEFAULT_ALIAS, Registry  # noqa: E402
+from fl.store import open_store  # noqa: E402
 
 app = typer.Typer(
     help="Fedship: federated training with versioned, gated releases and rollback.",
@@ -87,8 +94,7 @@ def _unknown_model(reg: Registry) -> FedshipError:
 
 @contextmanager
 def prefect_session(verbose: bool) -> Iterator[None]:
-    """Quiet Prefect's console (our output is the interface) and skip the heartbeat join."""
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
+    """Run flows in-process without the ~1 s heartbeat-thread join at the end of each."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

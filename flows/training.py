@@ -20,6 +20,7 @@ from tasks import round as round_tasks
 
 # The CLI listens here to draw its progress bar; every round record is logged to it.
 ROUND_EVENTS = logging.getLogger("fedship.rounds")
+ROUND_EVENTS.propagate = False
 
 
 def max_workers() -> int:

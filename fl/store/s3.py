@@ -120,7 +120,7 @@ class S3Store:
         return StoredObject(data=data, token=response["ETag"])
 
     def exists(self, key: str) -> bool:
-        # HEAD has no error body, so a missing bucket also reads as 404 here (`get` tells them apart).
+        # HEAD has no error body, so a missing bucket also reads as 404 (`get` tells them apart).
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._full_key(key))
         except ClientError as err:
@@ -205,7 +205,9 @@ class S3Store:
                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role"
             )
         elif isinstance(err, EndpointConnectionError | ConnectTimeoutError):
-            message = f"could not reach the S3 endpoint {endpoint} to {action} {key!r} in {self.url}"
+            message = (
+                f"could not reach the S3 endpoint {endpoint} to {action} {key!r} in {self.url}"
+            )
         elif isinstance(err, ClientError) and _code(err) == "NoSuchBucket":
             message = f"S3 bucket {self.bucket!r} does not exist at {endpoint}"
         elif isinstance(err, ClientError) and _code(err) in CREDENTIAL_CODES:

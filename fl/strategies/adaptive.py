@@ -10,8 +10,7 @@ paper and Flower's FedYogi and FedAdagrad (Flower's FedAdam rescales server_lr; 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import ClassVar
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -33,8 +32,6 @@ from fl.strategies.base import (
 )
 from fl.strategies.fedavg import FedAvg
 
-SecondMoment = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
-
 ADAPTIVE_PARAMS = {
     "server_lr": Param(0.01, positive(), "a finite number > 0"),
     "beta1": Param(0.9, in_interval(0.0, 1.0), "a number in [0, 1)"),
@@ -46,7 +43,6 @@ ADAPTIVE_PARAMS = {
 class AdaptiveStrategy(FedAvg):
     """FedAvg aggregation, then an Adam-like server step; subclasses pick the v rule."""
 
-    second_moment: ClassVar[SecondMoment]
     param_specs = ADAPTIVE_PARAMS
 
     def __init__(self, **params: object) -> None:
@@ -65,10 +61,14 @@ class AdaptiveStrategy(FedAvg):
         m = np.zeros_like(delta) if self.m is None else check_same_shape(global_vec, self.m)
         v = np.zeros_like(delta) if self.v is None else check_same_shape(global_vec, self.v)
         self.m = first_moment(m, delta, self.beta1)
-        self.v = type(self).second_moment(v, delta, self.beta2)
+        self.v = self.second_moment(v, delta)
         self.steps += 1
         step = adaptive_step(self.m, self.v, self.server_lr, self.tau)
         return (global_vec.astype(np.float64) + step).astype(global_vec.dtype)
+
+    def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """The hook each variant overrides: the new v."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {"step": scalar(self.steps)}
@@ -77,10 +77,15 @@ class AdaptiveStrategy(FedAvg):
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore `state_dict()`'s output; an empty mapping means no round has run yet."""
+        if not state:
+            self.m, self.v, self.steps = None, None, 0
+            return
         check_state_keys(self.name, state, required=("step",), optional=("m", "v"))
-        if ("m" in state) != ("v" in state) or np.shape(state.get("m")) != np.shape(state.get("v")):
+        shapes = {np.shape(state[key]) for key in ("m", "v") if key in state}
+        if ("m" in state) != ("v" in state) or len(shapes) > 1:
             raise ConfigError(
-                f"saved {self.name} state must hold both moments m and v of the same shape"
+                f"saved {self.name} state must hold both moments m and v, of the same shape"
             )
         self.m = np.array(state["m"], dtype=np.float64) if "m" in state else None
         self.v = np.array(state["v"], dtype=np.float64) if "v" in state else None
@@ -92,18 +97,24 @@ class FedAdagrad(AdaptiveStrategy):
 
     name = "fedadagrad"
     param_specs = {k: p for k, p in ADAPTIVE_PARAMS.items() if k != "beta2"}
-    second_moment = staticmethod(adagrad_second_moment)
+
+    def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return adagrad_second_moment(v, delta, self.beta2)
 
 
 class FedAdam(AdaptiveStrategy):
     """v = beta2 * v + (1 - beta2) * delta^2."""
 
     name = "fedadam"
-    second_moment = staticmethod(adam_second_moment)
+
+    def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return adam_second_moment(v, delta, self.beta2)
 
 
 class FedYogi(AdaptiveStrategy):
     """v = v - (1 - beta2) * delta^2 * sign(v - delta^2)."""
 
     name = "fedyogi"
-    second_moment = staticmethod(yogi_second_moment)
+
+    def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return yogi_second_moment(v, delta, self.beta2)

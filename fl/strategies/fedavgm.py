@@ -56,6 +56,10 @@ class FedAvgM(FedAvg):
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore `state_dict()`'s output; an empty mapping means no round has run yet."""
+        if not state:
+            self.buffer, self.steps = None, 0
+            return
         check_state_keys(self.name, state, required=("step",), optional=("momentum_buffer",))
         buffer = state.get("momentum_buffer")
         self.buffer = None if buffer is None else np.array(buffer, dtype=np.float64)

@@ -14,9 +14,7 @@ from fl.strategies import FlatUpdate
 
 def round_updates(n: int = 8, size: int = 20, seed: int = 0) -> list[FlatUpdate]:
     rng = np.random.default_rng(seed)
-    return [
-        FlatUpdate(100 + i, rng.normal(0, 0.1, size).astype(np.float32), 10) for i in range(n)
-    ]
+    return [FlatUpdate(100 + i, rng.normal(0, 0.1, size).astype(np.float32), 10) for i in range(n)]
 
 
 def test_no_attack_leaves_updates_alone() -> None:

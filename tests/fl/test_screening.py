@@ -104,7 +104,7 @@ def test_screen_updates_composes_all_screens_in_order() -> None:
     assert refused_ids(refusals) == [3, 2, 5, 6]
     for refusal in refusals:
         assert f"client {refusal.client_id}" in refusal.reason
-    assert all(u is original for u, original in zip(accepted, [updates[0], updates[3], updates[6]]))
+    assert all(a is b for a, b in zip(accepted, [updates[0], updates[3], updates[6]], strict=True))
 
 
 def test_without_norm_settings_only_shape_and_finiteness_are_checked() -> None:

@@ -35,9 +35,7 @@ def _krum_scores(deltas: np.ndarray, f: int) -> list[float]:
     n = len(deltas)
     scores = []
     for i in range(n):
-        distances = sorted(
-            float(np.sum((deltas[i] - deltas[j]) ** 2)) for j in range(n) if j != i
-        )
+        distances = sorted(float(np.sum((deltas[i] - deltas[j]) ** 2)) for j in range(n) if j != i)
         scores.append(sum(distances[: n - f - 2]))
     return scores
 
@@ -62,7 +60,11 @@ def reference_aggregate(
 
 
 def reference_apply(
-    name: str, params: dict[str, Any], state: dict[str, np.ndarray], x: np.ndarray, delta: np.ndarray
+    name: str,
+    params: dict[str, Any],
+    state: dict[str, np.ndarray],
+    x: np.ndarray,
+    delta: np.ndarray,
 ) -> np.ndarray:
     """One server step; `state` (empty dict at first) is updated in place."""
     if name == "fedavgm":
@@ -84,5 +86,8 @@ def reference_apply(
             sign = 1.0 if v[j] > sq else (-1.0 if v[j] < sq else 0.0)
             new_v[j] = v[j] - (1 - params["beta2"]) * sq * sign
     state["m"], state["v"] = new_m, new_v
-    step = [params["server_lr"] * new_m[j] / (math.sqrt(new_v[j]) + params["tau"]) for j in range(len(x))]
+    step = [
+        params["server_lr"] * new_m[j] / (math.sqrt(new_v[j]) + params["tau"])
+        for j in range(len(x))
+    ]
     return x + np.array(step)

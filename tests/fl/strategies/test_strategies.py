@@ -124,9 +124,12 @@ def test_state_dict_resume_equals_uninterrupted(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
-def test_fresh_state_roundtrips(name: str) -> None:
+def test_fresh_and_empty_state_load(name: str) -> None:
     strategy = build_strategy(StrategyConfig(name=name))
     strategy.load_state_dict(roundtrip(strategy.state_dict()))
+    strategy.apply(1, np.zeros(3, np.float32), np.ones(3, np.float32))
+    strategy.load_state_dict({})  # no state saved yet: starts fresh
+    assert {k: v.tolist() for k, v in strategy.state_dict().items()} in ({}, {"step": [0]})
 
 
 def test_state_of_another_strategy_is_refused() -> None:
