@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
@@ -42,7 +41,9 @@ def build_deployments(
             parameters={**common, "preset": preset, "rounds": rounds},
             concurrency_limit=1,
             description="Scheduled federated training; continues the model's round counter.",
-            triggers=[_trigger("fedship.data.updated", {"model": "{{ event.resource['fedship.model'] }}"})],
+            triggers=[
+                _trigger("fedship.data.updated", {"model": "{{ event.resource['fedship.model'] }}"})
+            ],
         ),
         rollback.to_deployment(
             name="on-demand",
@@ -51,8 +52,10 @@ def build_deployments(
             triggers=[
                 _trigger(
                     "fedship.production.degraded",
-                    {"model": "{{ event.resource['fedship.model'] }}",
-                     "reason": "{{ event.payload.reason }}"},
+                    {
+                        "model": "{{ event.resource['fedship.model'] }}",
+                        "reason": "{{ event.payload.reason }}",
+                    },
                 )
             ],  # fmt: skip
         ),

@@ -42,7 +42,9 @@ def _split_state(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndar
 
 
 def load_strategy(ctx: RunContext, server_state: dict[str, np.ndarray] | None = None) -> Strategy:
-    strategy = build_strategy(ctx.config.strategy, clients_per_round=ctx.config.rounds.clients_per_round)
+    strategy = build_strategy(
+        ctx.config.strategy, clients_per_round=ctx.config.rounds.clients_per_round
+    )
     if server_state:
         strategy.load_state_dict(_split_state(server_state, STRATEGY_PREFIX))
     return strategy
@@ -64,17 +66,17 @@ def _streams(ctx: RunContext, strategy: Strategy) -> bool:
     )
 
 
-def _screened_stream(
+def _checked_updates(
     ctx: RunContext,
     results: Sequence[ClientResult],
     global_weights: Weights,
-    global_vec: np.ndarray,
     refused: dict[int, str],
-) -> Iterator[training.ClientUpdate]:
-    """Updates read one at a time; a malformed or outsized one is refused and skipped."""
+) -> Iterator[tuple[ClientResult, Weights, FlatUpdate]]:
+    """Updates read one at a time; one whose tensors do not match the model is refused."""
     from fl.rounds import load_update
 
-    store = ctx.store()
+    store = ctx.scratch_store()
+    global_vec = flatten(global_weights)
     for result in results:
         weights = load_update(store, result)
         try:
@@ -82,31 +84,26 @@ def _screened_stream(
         except AggregationError as err:
             refused[result.client_id] = str(err)
             continue
-        flat = FlatUpdate(result.client_id, flatten(weights) - global_vec, result.num_examples)
-        _, refusals = screen_updates([flat], ctx.config.screening, global_vec.size)
+        delta = flatten(weights) - global_vec
+        yield result, weights, FlatUpdate(result.client_id, delta, result.num_examples)
+
+
+def _streamed_mean(
+    ctx: RunContext,
+    results: Sequence[ClientResult],
+    global_weights: Weights,
+    refused: dict[int, str],
+) -> WeightedMean:
+    """FedAvg's weighted mean in O(model size): each update is screened, added, dropped."""
+    mean = WeightedMean(global_weights)
+    size = sum(t.numel() for t in global_weights.values())
+    for result, weights, flat in _checked_updates(ctx, results, global_weights, refused):
+        _, refusals = screen_updates([flat], ctx.config.screening, size)
         if refusals:
             refused[result.client_id] = refusals[0].reason
             continue
-        yield training.ClientUpdate(result.client_id, weights, result.num_examples, result.loss)
-
-
-def _load_deltas(
-    ctx: RunContext, results: Sequence[ClientResult], global_weights: Weights, global_vec: np.ndarray,
-    refused: dict[int, str],
-) -> list[FlatUpdate]:  # fmt: skip
-    from fl.rounds import load_update
-
-    store = ctx.store()
-    deltas = []
-    for result in results:
-        weights = load_update(store, result)
-        try:
-            check_compatible(weights, global_weights, result.client_id)
-        except AggregationError as err:
-            refused[result.client_id] = str(err)
-            continue
-        deltas.append(FlatUpdate(result.client_id, flatten(weights) - global_vec, result.num_examples))
-    return deltas
+        mean.add(training.ClientUpdate(result.client_id, weights, result.num_examples, result.loss))
+    return mean
 
 
 def combine(
@@ -127,9 +124,7 @@ def combine(
     privacy = None
     state_out: dict[str, np.ndarray] = {}
     if _streams(ctx, strategy):
-        mean = WeightedMean(global_weights)
-        for update in _screened_stream(ctx, results, global_weights, global_vec, refused):
-            mean.add(update)
+        mean = _streamed_mean(ctx, results, global_weights, refused)
         contributed = [r.client_id for r in results if r.client_id not in refused]
         if not contributed:
             candidate = global_weights
@@ -139,8 +134,10 @@ def combine(
             delta = flatten(mean.result()) - global_vec
             candidate = unflatten(strategy.apply(server_round, global_vec, delta), global_weights)
     else:
-        deltas = _load_deltas(ctx, results, global_weights, global_vec, refused)
-        deltas, attacked = apply_attack(deltas, cfg.attack, seed=cfg.rounds.seed, server_round=server_round)
+        deltas = [flat for _, _, flat in _checked_updates(ctx, results, global_weights, refused)]
+        deltas, attacked = apply_attack(
+            deltas, cfg.attack, seed=cfg.rounds.seed, server_round=server_round
+        )
         accepted, refusals = screen_updates(deltas, cfg.screening, global_vec.size)
         refused.update({r.client_id: r.reason for r in refusals})
         contributed = [u.client_id for u in accepted]
@@ -149,8 +146,12 @@ def combine(
         else:
             if cfg.privacy.clip_norm is not None:
                 rng = round_rng(cfg.rounds.seed, server_round, "dp-noise")
-                aggregate_delta = dp_aggregate(
-                    accepted, cfg.privacy.clip_norm, cfg.privacy.noise_multiplier, rng
+                aggregate_delta = dp_aggregate(  # fixed denominator, as DP-FedAvg requires
+                    accepted,
+                    cfg.privacy.clip_norm,
+                    cfg.privacy.noise_multiplier,
+                    rng,
+                    denominator=cfg.rounds.clients_per_round,
                 )
             else:
                 aggregate_delta = strategy.aggregate_deltas(server_round, accepted)

@@ -79,14 +79,18 @@ class GateConfig(Section):
         default=0.02, ge=0, le=1, description="largest accuracy drop allowed against production"
     )
     require_finite_loss: bool = True
-    min_clients: int | None = Field(default=None, ge=1, description="default: rounds.min_fit_clients")
+    min_clients: int | None = Field(
+        default=None, ge=1, description="default: rounds.min_fit_clients"
+    )
     max_epsilon: float | None = Field(default=None, gt=0)
     allow_attack: bool = False
     on_reject: Literal["revert", "continue"] = "revert"
 
 
 class StoreConfig(Section):
-    url: str | None = Field(default=None, description=f"default: ${STORE_ENV}, else {DEFAULT_STORE}")
+    url: str | None = Field(
+        default=None, description=f"default: ${STORE_ENV}, else {DEFAULT_STORE}"
+    )
     endpoint_url: str | None = None
     region: str | None = None
     sse: Literal["AES256", "aws:kms"] | None = None
@@ -131,7 +135,7 @@ class PrivacyConfig(Section):
 class ScreeningConfig(Section):
     max_norm: float | None = Field(default=None, gt=0, description="absolute bound on delta L2")
     max_norm_factor: float | None = Field(
-        default=None, gt=0, description="bound as k times the round's median delta norm"
+        default=None, ge=1, description="bound as k times the round's median delta norm"
     )
 
 
@@ -195,8 +199,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_classes": 10,
         },
         "model": {"arch": "mlp", "hidden_dim": 64},
-        "train": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "batch_size": 32,
-                  "local_epochs": 3},
+        "train": {
+            "optimizer": "sgd",
+            "lr": 0.01,
+            "momentum": 0.0,
+            "batch_size": 32,
+            "local_epochs": 3,
+        },
         "rounds": {"per_run": 30, "clients_per_round": 8, "min_fit_clients": 1, "seed": 42},
         "gate": {"min_accuracy": 0.7, "max_regression": 0.1},
     },  # fmt: skip
@@ -256,7 +265,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 f"config file {str(path)!r} must end in .yaml, .yml or .toml, not {path.suffix!r}"
             )
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid: {err}".splitlines()[0]) from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid: {err}".splitlines()[0]
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
     return data

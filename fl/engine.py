@@ -118,7 +118,9 @@ def run_training(
     )
     start = state = steps.resume(ctx)
     records: list[RoundRecord] = []
-    for server_round in range(state.server_round + 1, state.server_round + config.rounds.per_run + 1):
+    for server_round in range(
+        state.server_round + 1, state.server_round + config.rounds.per_run + 1
+    ):
         sampled = steps.sample(ctx, server_round)
         errors: dict[int, str] = {}
         for cohort in steps.cohorts(sampled, config.rounds.clients_per_task):

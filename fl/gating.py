@@ -62,7 +62,9 @@ class MinAccuracy:
         accuracy = float(candidate.metrics.get("accuracy", float("nan")))
         ok = accuracy >= self.threshold
         sign = ">=" if ok else "<"
-        return CheckResult(self.name, ok, f"accuracy {accuracy:.4f} {sign} minimum {self.threshold}")
+        return CheckResult(
+            self.name, ok, f"accuracy {accuracy:.4f} {sign} minimum {self.threshold}"
+        )
 
 
 class MaxRegression:
@@ -78,7 +80,11 @@ class MaxRegression:
         deployed = float(candidate.production_metrics.get("accuracy", float("nan")))
         drop = deployed - accuracy
         ok = drop <= self.max_drop + 1e-12
-        where = f"production v{candidate.production_version}" if candidate.production_version else "production"
+        where = (
+            f"production v{candidate.production_version}"
+            if candidate.production_version
+            else "production"
+        )
         verdict = "within" if ok else "exceeds"
         return CheckResult(
             self.name,
@@ -106,9 +112,7 @@ class MinClients:
     def __call__(self, candidate: Candidate) -> CheckResult:
         count = candidate.num_clients or 0
         ok = count >= self.minimum
-        return CheckResult(
-            self.name, ok, f"{count} client(s) contributed, minimum {self.minimum}"
-        )
+        return CheckResult(self.name, ok, f"{count} client(s) contributed, minimum {self.minimum}")
 
 
 class MaxEpsilon:
@@ -125,7 +129,9 @@ class MaxEpsilon:
             )
         ok = float(epsilon) <= self.budget
         return CheckResult(
-            self.name, ok, f"epsilon {float(epsilon):.3f} {'<=' if ok else '>'} budget {self.budget}"
+            self.name,
+            ok,
+            f"epsilon {float(epsilon):.3f} {'<=' if ok else '>'} budget {self.budget}",
         )
 
 

@@ -48,7 +48,7 @@ def clip_delta(delta: np.ndarray, clip_norm: float) -> np.ndarray:
     """`delta` scaled by min(1, C / ||delta||), in its own dtype, with norm <= C guaranteed.
 
     Rounding to float32 can push a vector scaled to exactly C a hair above it, which would break
-    the sensitivity bound the noise is calibrated to, so such a result is scaled down once more.
+    the sensitivity bound the noise is calibrated to, so such a result is shrunk by a few ulps.
     """
     _check_clip_norm(clip_norm)
     source = np.asarray(delta)
@@ -62,7 +62,7 @@ def clip_delta(delta: np.ndarray, clip_norm: float) -> np.ndarray:
     scaled = values * (clip_norm / norm)
     result = scaled.astype(dtype)
     shrink = 1.0
-    while False:
+    while np.linalg.norm(result.astype(np.float64)) > clip_norm:
         shrink *= 1 - 4 * float(np.finfo(dtype).eps)
         result = (scaled * shrink).astype(dtype)
     return result

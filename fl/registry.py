@@ -140,7 +140,9 @@ class Registry:
     def latest_claimed(self) -> int:
         """Highest version number taken so far (0 if none); probes upward from the hint."""
         version = self._hint()
-        while version > 1 and not self.store.exists(self.version_prefix(version - 1) + "claim.json"):
+        while version > 1 and not self.store.exists(
+            self.version_prefix(version - 1) + "claim.json"
+        ):
             version -= 1  # hint ahead of reality (e.g. the store was copied partially)
         while self.store.exists(self.version_prefix(version) + "claim.json"):
             version += 1
@@ -197,7 +199,9 @@ class Registry:
                 f"model {self.model!r} has no version {version} in {self.store.url}"
             ) from None
         except ValueError:
-            raise RegistryError(f"manifest of model {self.model!r} version {version} is not JSON") from None
+            raise RegistryError(
+                f"manifest of model {self.model!r} version {version} is not JSON"
+            ) from None
         return manifest
 
     def iter_versions(self, before: int | None = None) -> Iterator[dict[str, Any]]:

@@ -21,7 +21,9 @@ def verify_version(registry: Registry, version: int) -> dict[str, Any]:
     config = RunConfig.model_validate(manifest["config"])
     fed = load_federation(config.data, config.rounds.seed)
     model = build_model(config.model, fed.input_dim, fed.num_classes)
-    return training.evaluate(model, weights, fed.holdout_x, fed.holdout_y, fed.num_classes).to_dict()
+    return training.evaluate(
+        model, weights, fed.holdout_x, fed.holdout_y, fed.num_classes
+    ).to_dict()
 
 
 def promotion_decision(

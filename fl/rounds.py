@@ -10,13 +10,14 @@ removed once the round's version is registered and the checkpoint advanced.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import subprocess
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,17 +25,16 @@ import numpy as np
 from pydantic import BaseModel
 
 from fl import training
-from fl.aggregation import WeightedMean
 from fl.config import RunConfig
 from fl.data import Federation, load_federation
 from fl.errors import ObjectNotFound, PreconditionFailed, RegistryError, RoundError
 from fl.gating import Candidate, build_gate
 from fl.integrity import verify_sha256
 from fl.models import build_model, initial_weights
-from fl.registry import DEFAULT_ALIAS, Registry, utc_now
+from fl.registry import DEFAULT_ALIAS, Registry
 from fl.sampling import sample_clients
 from fl.serialization import sha256_hex, weights_from_bytes, weights_to_bytes
-from fl.store import ObjectStore, open_store
+from fl.store import LocalStore, ObjectStore, open_store
 from fl.weights import Weights
 
 CHECKPOINT = "checkpoint.json"
@@ -50,6 +50,10 @@ class RunContext(BaseModel):
 
     def store(self) -> ObjectStore:
         return _open_store(self.store_url, self.config.store.model_dump_json())
+
+    def scratch_store(self) -> ObjectStore:
+        """The same store for the round's scratch objects, without fsync where that applies."""
+        return _scratch_store(self.store_url, self.config.store.model_dump_json())
 
     def registry(self) -> Registry:
         return Registry(self.store(), self.model)
@@ -103,6 +107,14 @@ def _open_store(url: str, store_config_json: str) -> ObjectStore:
 
     config = StoreConfig.model_validate_json(store_config_json).model_copy(update={"url": url})
     return open_store(config)
+
+
+@functools.lru_cache(maxsize=16)
+def _scratch_store(url: str, store_config_json: str) -> ObjectStore:
+    store = _open_store(url, store_config_json)
+    if isinstance(store, LocalStore):  # losing scratch in a crash only costs a retried round
+        return LocalStore(store.root, durable=False)
+    return store
 
 
 _weights_cache: OrderedDict[tuple[str, str, str], Weights] = OrderedDict()
@@ -183,15 +195,15 @@ def resume(ctx: RunContext) -> TrainingState:
             source="production",
         )
     fed = ctx.federation()
-    weights = initial_weights(ctx.config.model, fed.input_dim, fed.num_classes, ctx.config.rounds.seed)
+    weights = initial_weights(
+        ctx.config.model, fed.input_dim, fed.num_classes, ctx.config.rounds.seed
+    )
     data = weights_to_bytes(weights)
     sha = sha256_hex(data)
     key = f"models/{ctx.model}/checkpoints/init-{sha[:16]}.safetensors"
     store = ctx.store()
-    try:
+    with contextlib.suppress(PreconditionFailed):  # an earlier run wrote the same init
         store.put_if_absent(key, data)
-    except PreconditionFailed:
-        pass  # the same deterministic initialization was written by an earlier run
     return TrainingState(
         server_round=0, weights_key=key, weights_sha256=sha, weights_version=None, source="fresh"
     )
@@ -201,7 +213,10 @@ def resume(ctx: RunContext) -> TrainingState:
 def sample(ctx: RunContext, server_round: int) -> list[int]:
     rounds = ctx.config.rounds
     return sample_clients(
-        ctx.config.data.num_clients, rounds.clients_per_round, seed=rounds.seed, server_round=server_round
+        ctx.config.data.num_clients,
+        rounds.clients_per_round,
+        seed=rounds.seed,
+        server_round=server_round,
     )
 
 
@@ -211,11 +226,15 @@ def cohorts(client_ids: Sequence[int], clients_per_task: int) -> list[list[int]]
     return [list(client_ids[i : i + size]) for i in range(0, len(client_ids), size)]
 
 
-def simulated_dropout(seed: int, server_round: int, client_id: int, attempt: int, rate: float) -> bool:
+def simulated_dropout(
+    seed: int, server_round: int, client_id: int, attempt: int, rate: float
+) -> bool:
     """Seeded coin flip per attempt: a retried client may come back, as a flaky one would."""
     if rate <= 0:
         return False
-    digest = hashlib.sha256(f"dropout:{seed}:{server_round}:{client_id}:{attempt}".encode()).digest()
+    digest = hashlib.sha256(
+        f"dropout:{seed}:{server_round}:{client_id}:{attempt}".encode()
+    ).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
@@ -245,12 +264,16 @@ def train_clients(
     so a retried task trains only the clients that failed. Raises `ClientTrainingError` after
     training every client it could if any of them failed.
     """
-    store = ctx.store()
+    store = ctx.scratch_store()
     results: list[ClientResult] = []
     todo: list[int] = []
     for client_id in client_ids:
         try:
-            results.append(ClientResult.model_validate_json(store.get(_result_key(ctx, server_round, client_id)).data))
+            results.append(
+                ClientResult.model_validate_json(
+                    store.get(_result_key(ctx, server_round, client_id)).data
+                )
+            )
         except ObjectNotFound:
             todo.append(client_id)
     errors: dict[int, str] = {}
@@ -262,7 +285,7 @@ def train_clients(
             todo.remove(client_id)
     if todo:
         fed = ctx.federation()
-        global_weights = load_weights(store, state.weights_key, state.weights_sha256)
+        global_weights = load_weights(ctx.store(), state.weights_key, state.weights_sha256)
         model = build_model(ctx.config.model, fed.input_dim, fed.num_classes)
         from fl.combine import client_config
 
@@ -283,7 +306,9 @@ def train_clients(
                 client_id=update.client_id, num_examples=update.num_examples,
                 loss=float(update.loss), update_key=key, sha256=sha256_hex(data),
             )  # fmt: skip
-            store.put(_result_key(ctx, server_round, update.client_id), result.model_dump_json().encode())
+            store.put(
+                _result_key(ctx, server_round, update.client_id), result.model_dump_json().encode()
+            )
             results.append(result)
     if errors:
         raise ClientTrainingError(errors)
@@ -304,12 +329,16 @@ def _server_state(ctx: RunContext, state: TrainingState) -> dict[str, np.ndarray
 def _collect(
     ctx: RunContext, server_round: int, sampled: Sequence[int], errors: dict[int, str]
 ) -> tuple[list[ClientResult], dict[int, str]]:
-    store = ctx.store()
+    store = ctx.scratch_store()
     found: list[ClientResult] = []
     failed: dict[int, str] = {}
     for client_id in sampled:
         try:
-            found.append(ClientResult.model_validate_json(store.get(_result_key(ctx, server_round, client_id)).data))
+            found.append(
+                ClientResult.model_validate_json(
+                    store.get(_result_key(ctx, server_round, client_id)).data
+                )
+            )
         except ObjectNotFound:
             failed[client_id] = errors.get(client_id, "no update received")
     return found, failed
@@ -344,22 +373,6 @@ def aggregate(
     return outcome
 
 
-def stream_weighted_mean(
-    store: ObjectStore, results: Sequence[ClientResult], reference: Weights
-) -> Weights:
-    """FedAvg over updates read one at a time from the store."""
-
-    def updates() -> Iterator[training.ClientUpdate]:
-        for result in results:
-            weights = load_update(store, result)
-            yield training.ClientUpdate(result.client_id, weights, result.num_examples, result.loss)
-
-    mean = WeightedMean(reference)
-    for update in updates():
-        mean.add(update)
-    return mean.result()
-
-
 def load_update(store: ObjectStore, result: ClientResult) -> Weights:
     data = store.get(result.update_key).data
     verify_sha256(data, result.sha256, f"update of client {result.client_id}")
@@ -369,11 +382,13 @@ def load_update(store: ObjectStore, result: ClientResult) -> Weights:
 def write_candidate(ctx: RunContext, server_round: int, weights: Weights) -> tuple[str, str]:
     data = weights_to_bytes(weights)
     key = f"{ctx.scratch(server_round)}candidate.safetensors"
-    ctx.store().put(key, data)
+    ctx.scratch_store().put(key, data)
     return key, sha256_hex(data)
 
 
-def write_server_state(ctx: RunContext, server_round: int, arrays: dict[str, np.ndarray]) -> tuple[str | None, str | None]:
+def write_server_state(
+    ctx: RunContext, server_round: int, arrays: dict[str, np.ndarray]
+) -> tuple[str | None, str | None]:
     if not arrays:
         return None, None
     from safetensors.numpy import save as save_numpy
@@ -393,7 +408,9 @@ def evaluate(ctx: RunContext, key: str, sha256: str) -> dict[str, Any]:
     return result.to_dict()
 
 
-def production_info(registry: Registry, alias: str = DEFAULT_ALIAS) -> tuple[int | None, dict[str, Any] | None]:
+def production_info(
+    registry: Registry, alias: str = DEFAULT_ALIAS
+) -> tuple[int | None, dict[str, Any] | None]:
     state = registry.alias_state(alias)
     if state is None:
         return None, None
@@ -433,7 +450,7 @@ def register(
     decision: dict[str, Any],
 ) -> dict[str, Any]:
     """Register the candidate as a new version whose manifest records lineage and the gate."""
-    store = ctx.store()
+    store = ctx.scratch_store()
     marker = f"{ctx.scratch(server_round)}registered.json"
     try:  # a retry after a registration whose reply was lost must not register twice
         return ctx.registry().manifest(int(json.loads(store.get(marker).data)["version"]))
@@ -460,7 +477,9 @@ def register(
         "privacy": outcome.privacy,
         "attack": attack_record(ctx),
     }
-    manifest = ctx.registry().register_bytes(data, run_id=ctx.run_id, metrics=metrics, fields=fields)
+    manifest = ctx.registry().register_bytes(
+        data, run_id=ctx.run_id, metrics=metrics, fields=fields
+    )
     _put_json(store, marker, {"version": manifest["version"]})
     return manifest
 
@@ -472,7 +491,8 @@ def promote(ctx: RunContext, manifest: dict[str, Any]) -> dict[str, Any] | None:
     change = ctx.registry().promote(
         manifest["version"],
         actor=f"run {ctx.run_id}",
-        reason=f"gate passed in round {manifest['round']}: " + "; ".join(manifest["gate"]["reasons"]),
+        reason=f"gate passed in round {manifest['round']}: "
+        + "; ".join(manifest["gate"]["reasons"]),
     )
     return change.to_dict()
 
@@ -540,6 +560,6 @@ def write_checkpoint(ctx: RunContext, new_state: TrainingState) -> None:
 
 
 def remove_scratch(ctx: RunContext, server_round: int) -> None:
-    store = ctx.store()
+    store = ctx.scratch_store()
     for key in list(store.list(ctx.scratch(server_round))):
         store.delete(key)

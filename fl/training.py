@@ -7,6 +7,7 @@ weights, and one client takes milliseconds.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,6 +112,11 @@ def _train_client(
     return float(total_loss) / num_batches
 
 
+def _shares_memory(model: nn.Module, weights: Weights) -> bool:
+    pointers = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
+    return any(t.untyped_storage().data_ptr() in pointers for t in weights.values())
+
+
 def train_cohort(
     model: nn.Module,
     global_weights: Weights,
@@ -129,8 +135,8 @@ def train_cohort(
     """
     if proximal_mu < 0:
         raise ConfigError(f"proximal_mu must be non-negative, got {proximal_mu}")
-    # A snapshot, so the global weights survive even if the caller passed the model's own
-    # state_dict (whose tensors training would otherwise update in place).
+    if _shares_memory(model, global_weights):  # e.g. the caller passed model.state_dict()
+        model = copy.deepcopy(model)
     start = {name: tensor.detach().clone() for name, tensor in global_weights.items()}
     updates: list[ClientUpdate] = []
     with _torch_threads(num_threads):

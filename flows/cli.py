@@ -26,7 +26,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import tasks  # noqa: E402,F401  (Fedship's Prefect defaults, before Prefect is imported)
-from fl.config import DEFAULT_STORE  # noqa: E402, STORE_ENV, ConfigError
+from fl.config import DEFAULT_STORE, STORE_ENV, ConfigError  # noqa: E402
 from fl.errors import FedshipError  # noqa: E402
 from fl.registry import DEFAULT_ALIAS, Registry  # noqa: E402
 from fl.store import open_store  # noqa: E402
@@ -43,9 +43,12 @@ T = TypeVar("T")
 
 StoreOpt = Annotated[
     str | None,
-    typer.Option("--store", help=f"Store URL (s3://bucket/prefix, file://path or a path). "
-                 f"Default: ${STORE_ENV}, else {DEFAULT_STORE}."),
-]  # fmt: skip
+    typer.Option(
+        "--store",
+        help=f"Store URL (s3://bucket/prefix, file://path or a path). "
+        f"Default: ${STORE_ENV}, else {DEFAULT_STORE}.",
+    ),
+]
 ModelOpt = Annotated[str, typer.Option("--model", help="Registered model name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 AliasOpt = Annotated[str, typer.Option("--alias", help="Alias to change.")]
@@ -66,7 +69,11 @@ def guarded(action: Callable[[], T]) -> T:
     except FedshipError as error:
         fail(str(error), 1)
     except Exception as error:  # Prefect's parameter validation, pydantic, botocore
-        if type(error).__name__ in ("ParameterTypeError", "ValidationError", "SignatureMismatchError"):
+        if type(error).__name__ in (
+            "ParameterTypeError",
+            "ValidationError",
+            "SignatureMismatchError",
+        ):
             fail(str(error).splitlines()[0], 2)
         if type(error).__module__.startswith("botocore"):
             fail(f"object store: {str(error).splitlines()[0]}", 1)
@@ -120,9 +127,15 @@ class _ProgressHandler(logging.Handler):
 def train(
     store: StoreOpt = None,
     model: ModelOpt = "default",
-    preset: Annotated[str | None, typer.Option(help="Preset: digits (default) or tutorial.")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="YAML or TOML config file.")] = None,
-    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds to run (rounds.per_run).")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Preset: digits (default) or tutorial.")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="YAML or TOML config file.")
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Rounds to run (rounds.per_run).")
+    ] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a field: section.key=value.")
     ] = None,
@@ -139,22 +152,35 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=err, disable=as_json,
-    )  # fmt: skip
+        TextColumn("[bold]rounds"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        disable=as_json,
+    )
     bar = progress.add_task("starting Prefect...", total=config_obj.rounds.per_run)
 
     def on_round(record: Any, total: int) -> None:
-        verdict = "[green]promoted" if record.promoted else (
-            "passed" if record.gate_passed else "[yellow]rejected")
-        progress.update(bar, advance=1, description=f"round {record.round}: v{record.version} "
-                        f"acc {record.accuracy:.4f} {verdict}")  # fmt: skip
+        verdict = (
+            "[green]promoted"
+            if record.promoted
+            else ("passed" if record.gate_passed else "[yellow]rejected")
+        )
+        progress.update(
+            bar,
+            advance=1,
+            description=f"round {record.round}: v{record.version} "
+            f"acc {record.accuracy:.4f} {verdict}",
+        )
         if not as_json:
             reason = "" if record.gate_passed else " — " + "; ".join(record.reasons[:2])
             progress.console.print(
                 f"round {record.round:>4}  v{record.version:<5} accuracy {record.accuracy:.4f}  "
-                f"{verdict}[/]{reason}", highlight=False,
-            )  # fmt: skip
+                f"{verdict}[/]{reason}",
+                highlight=False,
+            )
 
     handler = _ProgressHandler(on_round)
     ROUND_EVENTS.addHandler(handler)
@@ -163,13 +189,29 @@ def train(
         with prefect_session(verbose), progress:
             from flows.training import federated_training
 
-            summary = guarded(lambda: federated_training(
-                model=model, store=store_url, preset=preset, config_file=config,
-                rounds=rounds, overrides=overrides or []))  # fmt: skip
+            summary = guarded(
+                lambda: federated_training(
+                    model=model,
+                    store=store_url,
+                    preset=preset,
+                    config_file=config,
+                    rounds=rounds,
+                    overrides=overrides or [],
+                )
+            )
     finally:
         ROUND_EVENTS.removeHandler(handler)
-    public = {k: summary[k] for k in ("run_id", "rounds_completed", "versions_registered",
-                                      "versions_promoted", "production", "final_accuracy")}  # fmt: skip
+    public = {
+        k: summary[k]
+        for k in (
+            "run_id",
+            "rounds_completed",
+            "versions_registered",
+            "versions_promoted",
+            "production",
+            "final_accuracy",
+        )
+    }
     if as_json:
         print_json(public)
         return
@@ -192,20 +234,23 @@ def _span(versions: list[int]) -> str:
 
 
 # ----- versions, show, audit ---------------------------------------------------------------
-def version_row(reg: Registry, manifest: dict[str, Any], aliases: dict[int, list[str]]) -> dict[str, Any]:
+def version_row(
+    reg: Registry, manifest: dict[str, Any], aliases: dict[int, list[str]]
+) -> dict[str, Any]:
     return {
         "version": manifest["version"],
         "sha256": manifest["sha256"],
         "metrics": manifest["metrics"],
         "round": manifest.get("round"),
         "gate": {"passed": manifest["gate"]["passed"], "reasons": manifest["gate"]["reasons"]}
-        if manifest.get("gate") else None,
+        if manifest.get("gate")
+        else None,
         "aliases": aliases.get(manifest["version"], []),
         "parent_version": manifest.get("parent_version"),
         "run_id": manifest.get("run_id"),
         "created_at": manifest["created_at"],
         "uri": reg.uri(manifest["version"]),
-    }  # fmt: skip
+    }
 
 
 def _aliases_by_version(reg: Registry) -> dict[int, list[str]]:
@@ -236,15 +281,27 @@ def versions(
         return
     table = Table(title=f"model {model}: {len(rows)} version(s), newest first")
     for column in ("version", "round", "accuracy", "gate", "aliases", "parent", "created (UTC)"):
-        table.add_column(column, justify="right" if column in ("version", "round", "accuracy") else "left")
+        table.add_column(
+            column, justify="right" if column in ("version", "round", "accuracy") else "left"
+        )
     for row in rows:
         gate = row["gate"] or {"passed": None, "reasons": []}
-        verdict = "[green]passed" if gate["passed"] else "[yellow]rejected" if gate["passed"] is False else "-"
+        verdict = (
+            "[green]passed"
+            if gate["passed"]
+            else "[yellow]rejected"
+            if gate["passed"] is False
+            else "-"
+        )
         table.add_row(
-            str(row["version"]), str(row["round"] or "-"), f"{row['metrics'].get('accuracy', float('nan')):.4f}",
-            verdict, "[bold]" + ", ".join(row["aliases"]) if row["aliases"] else "",
-            str(row["parent_version"] or "-"), row["created_at"][:19].replace("T", " "),
-        )  # fmt: skip
+            str(row["version"]),
+            str(row["round"] or "-"),
+            f"{row['metrics'].get('accuracy', float('nan')):.4f}",
+            verdict,
+            "[bold]" + ", ".join(row["aliases"]) if row["aliases"] else "",
+            str(row["parent_version"] or "-"),
+            row["created_at"][:19].replace("T", " "),
+        )
     out.print(table)
 
 
@@ -260,8 +317,11 @@ def show(
     def load() -> dict[str, Any]:
         reg = existing_registry(store, model)
         number = reg.resolve(version)
-        return {**reg.manifest(number), "uri": reg.uri(number),
-                "aliases": _aliases_by_version(reg).get(number, [])}  # fmt: skip
+        return {
+            **reg.manifest(number),
+            "uri": reg.uri(number),
+            "aliases": _aliases_by_version(reg).get(number, []),
+        }
 
     manifest = guarded(load)
     if as_json:
@@ -286,8 +346,15 @@ def audit(
     for column in ("at (UTC)", "action", "alias", "from", "to", "actor", "reason"):
         table.add_column(column, overflow="fold")
     for r in records:
-        table.add_row(r["at"][:19].replace("T", " "), r["action"], r["alias"], str(r["from_version"] or "-"),
-                      str(r["to_version"]), r["actor"], r["reason"])  # fmt: skip
+        table.add_row(
+            r["at"][:19].replace("T", " "),
+            r["action"],
+            r["alias"],
+            str(r["from_version"] or "-"),
+            str(r["to_version"]),
+            r["actor"],
+            r["reason"],
+        )
     out.print(table)
 
 
@@ -297,7 +364,9 @@ def _print_change(change: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(public)
     elif not change.get("changed", True):
-        out.print(f"{change['alias']} already serves version {change['to_version']}: nothing changed")
+        out.print(
+            f"{change['alias']} already serves version {change['to_version']}: nothing changed"
+        )
     else:
         out.print(f"{change['alias']}: version {change['from_version']} -> {change['to_version']}")
 
@@ -320,8 +389,11 @@ def promote(
     with prefect_session(verbose):
         from flows.promotion import promote as promote_flow
 
-        change = guarded(lambda: promote_flow(
-            version=version, model=model, store=store, alias=alias, force=force, reason=reason))  # fmt: skip
+        change = guarded(
+            lambda: promote_flow(
+                version=version, model=model, store=store, alias=alias, force=force, reason=reason
+            )
+        )
     _print_change(change, as_json)
 
 
@@ -330,7 +402,9 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")],
     store: StoreOpt = None,
     model: ModelOpt = "default",
-    steps: Annotated[int | None, typer.Option(min=1, help="Promotions to go back (default 1).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Promotions to go back (default 1).")
+    ] = None,
     to: Annotated[int | None, typer.Option("--to", help="Version to go back to.")] = None,
     alias: AliasOpt = DEFAULT_ALIAS,
     as_json: JsonOpt = False,
@@ -341,15 +415,22 @@ def rollback(
         fail("give --steps or --to, not both", 2)
     if not reason.strip():
         fail("--reason must not be empty (it goes into the audit record)", 2)
-    target = guarded(lambda: existing_registry(store, model).rollback_target(steps=steps, to=to, alias=alias))
+    target = guarded(
+        lambda: existing_registry(store, model).rollback_target(steps=steps, to=to, alias=alias)
+    )
     if target is None:
-        _print_change({"alias": alias, "from_version": to, "to_version": to, "changed": False}, as_json)
+        _print_change(
+            {"alias": alias, "from_version": to, "to_version": to, "changed": False}, as_json
+        )
         return
     with prefect_session(verbose):
         from flows.rollback import rollback as rollback_flow
 
-        change = guarded(lambda: rollback_flow(
-            reason=reason, model=model, store=store, steps=steps, to_version=to, alias=alias))  # fmt: skip
+        change = guarded(
+            lambda: rollback_flow(
+                reason=reason, model=model, store=store, steps=steps, to_version=to, alias=alias
+            )
+        )
     _print_change(change, as_json)
 
 

@@ -31,15 +31,17 @@ def promote(
     metrics = release.verify_version(store, model, version)
     decision = release.promotion_gate(store, model, version, alias)
     if not decision["passed"]:
-        refused = "; ".join(
-            c["reason"] for c in decision["checks"] if not c["passed"]
-        )
+        refused = "; ".join(c["reason"] for c in decision["checks"] if not c["passed"])
         if not force:
-            raise PromotionRefused(f"gate refused version {version}: {refused} (use force with a reason)")
+            raise PromotionRefused(
+                f"gate refused version {version}: {refused} (use force with a reason)"
+            )
         logger.warning("gate refused version %d (%s); promoting anyway (forced)", version, refused)
     why = reason or "gate passed: " + "; ".join(decision["reasons"])
     if force and not decision["passed"]:
         why = f"forced over gate refusal ({refused}): {reason}"
     change = release.move_alias(store, model, alias, "promote", version, current_actor(actor), why)
-    logger.info("%s/%s now serves version %d (accuracy %.4f)", model, alias, version, metrics["accuracy"])
+    logger.info(
+        "%s/%s now serves version %d (accuracy %.4f)", model, alias, version, metrics["accuracy"]
+    )
     return {**change, "gate": decision}

@@ -38,7 +38,9 @@ def rollback(
         return {"alias": alias, "from_version": to_version, "to_version": to_version,
                 "changed": False}  # fmt: skip
     metrics = release.verify_version(store, model, target)
-    logger.info("version %d verified: checksum ok, holdout accuracy %.4f", target, metrics["accuracy"])
+    logger.info(
+        "version %d verified: checksum ok, holdout accuracy %.4f", target, metrics["accuracy"]
+    )
     change = release.move_alias(
         store, model, alias, "rollback", target, current_actor(actor), reason
     )

@@ -89,8 +89,12 @@ def federated_training(
     start = state = round_tasks.resume(ctx)
     logger.info(
         "run %s: model %r in %s resumes from %s at round %d",
-        run_id, model, ctx.store_url, state.source, state.server_round,
-    )  # fmt: skip
+        run_id,
+        model,
+        ctx.store_url,
+        state.source,
+        state.server_round,
+    )
     records: list[RoundRecord] = []
     first = state.server_round + 1
     for server_round in range(first, first + config.rounds.per_run):
@@ -107,22 +111,44 @@ def federated_training(
         change, state = round_tasks.promote(ctx, state, server_round, manifest, outcome)
         record = round_record(manifest, change)
         records.append(record)
-        _emit("promoted" if record.promoted else "rejected" if not record.gate_passed else "registered",
-              model, record, run_id)  # fmt: skip
+        _emit(
+            "promoted"
+            if record.promoted
+            else "rejected"
+            if not record.gate_passed
+            else "registered",
+            model,
+            record,
+            run_id,
+        )
         logger.info(
             "round %d: version %d accuracy %.4f gate %s%s%s",
-            server_round, record.version, record.accuracy,
-            "passed" if record.gate_passed else "rejected (" + "; ".join(
-                r for r, c in zip(record.reasons, manifest["gate"]["checks"], strict=True)
-                if not c["passed"]) + ")",
+            server_round,
+            record.version,
+            record.accuracy,
+            "passed"
+            if record.gate_passed
+            else "rejected ("
+            + "; ".join(
+                r
+                for r, c in zip(record.reasons, manifest["gate"]["checks"], strict=True)
+                if not c["passed"]
+            )
+            + ")",
             " -> promoted" if record.promoted else "",
             f"; failed clients {sorted(record.failed)}" if record.failed else "",
-        )  # fmt: skip
-        ROUND_EVENTS.info("round", extra={"fedship_round": record, "fedship_total": config.rounds.per_run})
+        )
+        ROUND_EVENTS.info(
+            "round", extra={"fedship_round": record, "fedship_total": config.rounds.per_run}
+        )
     summary = summarize(ctx, start, records)
     logger.info(
         "run %s done: %d round(s), versions %s, promoted %s, production %s, final accuracy %s",
-        run_id, summary.rounds_completed, summary.versions_registered, summary.versions_promoted,
-        summary.production, summary.final_accuracy,
-    )  # fmt: skip
+        run_id,
+        summary.rounds_completed,
+        summary.versions_registered,
+        summary.versions_promoted,
+        summary.production,
+        summary.final_accuracy,
+    )
     return summary.model_dump(mode="json")

@@ -60,24 +60,50 @@ def train_clients(
     return steps.train_clients(ctx, state, server_round, client_ids, attempt=_attempt())
 
 
-@task(name="aggregate", task_run_name="aggregate round {server_round}", timeout_seconds=STEP_TIMEOUT_SECONDS, **IO)
+@task(
+    name="aggregate",
+    task_run_name="aggregate round {server_round}",
+    timeout_seconds=STEP_TIMEOUT_SECONDS,
+    **IO,
+)
 def aggregate(
-    ctx: RunContext, state: TrainingState, server_round: int, sampled: list[int], errors: dict[int, str]
+    ctx: RunContext,
+    state: TrainingState,
+    server_round: int,
+    sampled: list[int],
+    errors: dict[int, str],
 ) -> RoundOutcome:
     return steps.aggregate(ctx, state, server_round, sampled, errors)
 
 
-@task(name="evaluate", task_run_name="evaluate round {server_round}", timeout_seconds=STEP_TIMEOUT_SECONDS, **IO)
+@task(
+    name="evaluate",
+    task_run_name="evaluate round {server_round}",
+    timeout_seconds=STEP_TIMEOUT_SECONDS,
+    **IO,
+)
 def evaluate(ctx: RunContext, server_round: int, outcome: RoundOutcome) -> dict[str, Any]:
     return steps.evaluate(ctx, outcome.candidate_key, outcome.candidate_sha256)
 
 
-@task(name="gate", task_run_name="gate round {server_round}", timeout_seconds=STEP_TIMEOUT_SECONDS, **IO)
-def gate(ctx: RunContext, server_round: int, metrics: dict[str, Any], outcome: RoundOutcome) -> dict[str, Any]:
+@task(
+    name="gate",
+    task_run_name="gate round {server_round}",
+    timeout_seconds=STEP_TIMEOUT_SECONDS,
+    **IO,
+)
+def gate(
+    ctx: RunContext, server_round: int, metrics: dict[str, Any], outcome: RoundOutcome
+) -> dict[str, Any]:
     return steps.gate(ctx, metrics, outcome)
 
 
-@task(name="register", task_run_name="register round {server_round}", timeout_seconds=STEP_TIMEOUT_SECONDS, **IO)
+@task(
+    name="register",
+    task_run_name="register round {server_round}",
+    timeout_seconds=STEP_TIMEOUT_SECONDS,
+    **IO,
+)
 def register(
     ctx: RunContext,
     state: TrainingState,
@@ -89,9 +115,18 @@ def register(
     return steps.register(ctx, state, server_round, outcome, metrics, decision)
 
 
-@task(name="promote", task_run_name="promote round {server_round}", timeout_seconds=STEP_TIMEOUT_SECONDS, **IO)
+@task(
+    name="promote",
+    task_run_name="promote round {server_round}",
+    timeout_seconds=STEP_TIMEOUT_SECONDS,
+    **IO,
+)
 def promote(
-    ctx: RunContext, state: TrainingState, server_round: int, manifest: dict[str, Any], outcome: RoundOutcome
+    ctx: RunContext,
+    state: TrainingState,
+    server_round: int,
+    manifest: dict[str, Any],
+    outcome: RoundOutcome,
 ) -> tuple[dict[str, Any] | None, TrainingState]:
     """Promote when the gate passed, then move the checkpoint on and drop the round's scratch."""
     return steps.finish_round(ctx, state, manifest, outcome)

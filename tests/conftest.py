@@ -99,7 +99,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request
+    access_log = logging.getLogger("werkzeug")  # one line per request otherwise
+    level = access_log.level
+    access_log.setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -107,6 +109,7 @@ def moto_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+        access_log.setLevel(level)
 
 
 @pytest.fixture(scope="session")

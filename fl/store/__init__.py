@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from fl.config import StoreConfig
@@ -24,13 +25,15 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")  # two or more letters: no
 
 
 def open_store(
-    target: str | StoreConfig | None = None, *, client: S3Client | None = None
+    target: str | os.PathLike[str] | StoreConfig | None = None, *, client: S3Client | None = None
 ) -> ObjectStore:
     """Open the store a URL or `StoreConfig` names; `client` is used for `s3://` URLs only.
 
     A `StoreConfig` also carries the S3 endpoint, region, retry policy and server-side
     encryption; a bare URL uses their defaults (and the standard AWS environment variables).
     """
+    if isinstance(target, os.PathLike):
+        target = os.fspath(target)
     config = target if isinstance(target, StoreConfig) else StoreConfig(url=target)
     url = config.resolved_url()
     if not url.strip():
@@ -54,4 +57,4 @@ def open_store(
     try:
         return S3Store(bucket, prefix, client, config=config)
     except ConfigError as err:
-        raise ConfigError(f"store URL {url!r} is invalid: {err}") from None
+        raise ConfigError(f"store URL {url!r}: {err}") from None

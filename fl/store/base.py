@@ -27,7 +27,7 @@ class ObjectStore(Protocol):
         ...
 
     def put(self, key: str, data: bytes) -> str:
-        """Write atomically (readers see the old or the new bytes, never a part); returns the token."""
+        """Write atomically (readers see old or new bytes, never a part); returns the token."""
         ...
 
     def put_if_absent(self, key: str, data: bytes) -> str:

@@ -36,6 +36,7 @@ RESERVED_PREFIX = ".fedship-"
 LOCK_DIR = f"{RESERVED_PREFIX}locks"
 LOCK_TIMEOUT_SECONDS = 60.0
 LOCK_POLL_SECONDS = 0.002
+LOCK_STRIPE_HEX = 2
 
 
 def check_key(key: str) -> str:
@@ -68,7 +69,12 @@ def check_prefix(prefix: str) -> str:
     """A listing prefix is a key, a key ending in `/`, or empty (everything)."""
     if prefix == "":
         return prefix
-    check_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    try:
+        check_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    except StoreError:
+        raise StoreError(
+            f"listing prefix {prefix!r} is invalid: it must be empty, a key, or a key and '/'"
+        ) from None
     return prefix
 
 
@@ -93,8 +99,10 @@ def content_token(data: bytes) -> str:
 class LocalStore:
     """An `ObjectStore` over a directory; the directory is created on the first write."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+        """`durable=False` skips fsync: for scratch objects that a crash may lose anyway."""
         self.root = path_from_url(root).absolute()
+        self.durable = durable
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"local store root {str(self.root)!r} exists but is not a directory")
         self.url = self.root.as_uri()
@@ -144,14 +152,15 @@ class LocalStore:
 
     def put(self, key: str, data: bytes) -> str:
         path = self._path(key)
-        with self._lock(key):
-            tmp = self._write_temp(key, path, data)
-            try:
+        tmp = self._write_temp(key, path, data)  # outside the lock: only the rename is guarded
+        try:
+            with self._lock(key):
                 os.replace(tmp, path)
-            except OSError as err:
-                _remove_quietly(tmp)
-                raise self._os_error("write", key, err) from err
-            _fsync_dir(path.parent)
+        except OSError as err:
+            raise self._os_error("write", key, err) from err
+        finally:
+            _remove_quietly(tmp)  # already renamed on success
+        self._sync_dir(path.parent)
         return content_token(data)
 
     def put_if_absent(self, key: str, data: bytes) -> str:
@@ -170,7 +179,7 @@ class LocalStore:
             raise self._os_error("create", key, err) from err
         finally:
             _remove_quietly(tmp)
-        _fsync_dir(path.parent)
+        self._sync_dir(path.parent)
         return content_token(data)
 
     def put_if_match(self, key: str, data: bytes, token: str) -> str:
@@ -193,7 +202,7 @@ class LocalStore:
             except OSError as err:
                 _remove_quietly(tmp)
                 raise self._os_error("write", key, err) from err
-            _fsync_dir(path.parent)
+            self._sync_dir(path.parent)
         return content_token(data)
 
     def delete(self, key: str) -> None:
@@ -208,9 +217,13 @@ class LocalStore:
                 return
             except OSError as err:
                 raise self._os_error("delete", key, err) from err
-            _fsync_dir(path.parent)
+            self._sync_dir(path.parent)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _sync_dir(self, directory: Path) -> None:
+        if self.durable:
+            _fsync_dir(directory)
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
@@ -232,7 +245,8 @@ class LocalStore:
             with open(tmp, "xb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if self.durable:
+                    os.fsync(handle.fileno())
         except OSError as err:
             _remove_quietly(tmp)
             raise self._os_error("write", key, err) from err
@@ -243,7 +257,8 @@ class LocalStore:
         """Hold the key's lock; a fresh `FileLock` per call, so threads exclude each other too."""
         self._check_root()
         lock_dir = self.root / LOCK_DIR
-        name = hashlib.sha256(key.encode()).hexdigest()
+        # 256 lock stripes: a bounded set of lock files however many keys the store holds.
+        name = hashlib.sha256(key.encode()).hexdigest()[:LOCK_STRIPE_HEX]
         try:
             lock_dir.mkdir(parents=True, exist_ok=True)
             lock = FileLock(

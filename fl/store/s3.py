@@ -88,8 +88,11 @@ class S3Store:
         if prefix:
             try:
                 check_key(prefix)
-            except StoreError as err:
-                raise ConfigError(f"S3 key prefix {prefix!r} is invalid: {err}") from None
+            except StoreError:
+                raise ConfigError(
+                    f"S3 key prefix {prefix!r} is invalid: use '/'-separated names without "
+                    "empty, '.' or '..' segments or backslashes"
+                ) from None
         self.bucket = bucket
         self.prefix = prefix
         self.config = config or StoreConfig()

@@ -26,7 +26,10 @@ def _random_cohort(num_clients: int, seed: int) -> list[ClientUpdate]:
     return [
         ClientUpdate(
             client_id=client,
-            weights={n: torch.from_numpy(rng.normal(size=s).astype(np.float32)) for n, s in layout.items()},
+            weights={
+                n: torch.from_numpy(rng.normal(size=s).astype(np.float32))
+                for n, s in layout.items()
+            },
             num_examples=int(rng.integers(1, 500)),
             loss=0.0,
         )
@@ -81,7 +84,9 @@ def test_client_order_does_not_matter(updates: list[ClientUpdate], random) -> No
     forward = aggregate_weighted_mean(updates, reference)
     permuted = aggregate_weighted_mean(shuffled, reference)
     for name in reference:
-        np.testing.assert_allclose(forward[name].numpy(), permuted[name].numpy(), rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(
+            forward[name].numpy(), permuted[name].numpy(), rtol=1e-5, atol=1e-3
+        )
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,8 +11,17 @@ from fl.config import ConfigError, load_config
 
 def test_tutorial_preset_reproduces_the_tutorial_defaults() -> None:
     cfg = load_config(preset="tutorial")
-    assert (cfg.data.source, cfg.data.num_clients, cfg.data.samples_per_client) == ("synthetic", 15, 200)
-    assert (cfg.data.dim, cfg.data.num_classes, cfg.model.arch, cfg.model.hidden_dim) == (32, 10, "mlp", 64)
+    assert (cfg.data.source, cfg.data.num_clients, cfg.data.samples_per_client) == (
+        "synthetic",
+        15,
+        200,
+    )
+    assert (cfg.data.dim, cfg.data.num_classes, cfg.model.arch, cfg.model.hidden_dim) == (
+        32,
+        10,
+        "mlp",
+        64,
+    )
     assert (cfg.rounds.clients_per_round, cfg.rounds.per_run, cfg.rounds.seed) == (8, 30, 42)
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.local_epochs) == (
         "sgd", 0.01, 32, 3)  # fmt: skip
@@ -31,7 +40,9 @@ def test_file_then_overrides(tmp_path: Path, suffix: str) -> None:
     if suffix == ".yaml":
         path.write_text("preset: tutorial\ndata:\n  num_clients: 12\ngate:\n  min_accuracy: 0.4\n")
     else:
-        path.write_text('preset = "tutorial"\n[data]\nnum_clients = 12\n[gate]\nmin_accuracy = 0.4\n')
+        path.write_text(
+            'preset = "tutorial"\n[data]\nnum_clients = 12\n[gate]\nmin_accuracy = 0.4\n'
+        )
     cfg = load_config(config_file=path, overrides=["gate.min_accuracy=0.5", "train.lr=0.1"])
     assert (cfg.data.num_clients, cfg.data.dim) == (12, 32)  # file over preset
     assert (cfg.gate.min_accuracy, cfg.train.lr) == (0.5, 0.1)  # overrides over file

@@ -20,7 +20,12 @@ from fl.data import (
 )
 from fl.errors import ConfigError
 
-SYNTHETIC = {"source": "synthetic", "num_clients": 6, "samples_per_client": 50, "holdout_samples": 40}
+SYNTHETIC = {
+    "source": "synthetic",
+    "num_clients": 6,
+    "samples_per_client": 50,
+    "holdout_samples": 40,
+}
 
 
 def _config(**fields: Any) -> DataConfig:
@@ -84,7 +89,10 @@ def test_shards_give_each_client_few_labels() -> None:
     ("split", "message"),
     [
         (lambda y, rng: partition_iid(y, 11, rng=rng), "10 training samples into 11"),
-        (lambda y, rng: partition_shards(y, 4, shards_per_client=3, rng=rng), "4 clients x 3 shards"),
+        (
+            lambda y, rng: partition_shards(y, 4, shards_per_client=3, rng=rng),
+            "4 clients x 3 shards",
+        ),
         (lambda y, rng: partition_dirichlet(y, 11, alpha=0.5, rng=rng), "into 11 clients"),
         (lambda y, rng: partition_dirichlet(y, 2, alpha=0.5, rng=rng, min_size=6), "at least 6"),
     ],
@@ -236,7 +244,9 @@ def test_digits_holdout_is_stratified(digits: Federation) -> None:
 def test_digits_clients_are_label_skewed_and_non_empty(digits: Federation) -> None:
     sizes = [c.num_examples for c in digits.clients]
     assert min(sizes) >= 10 and sum(sizes) + len(digits.holdout_y) == 1797
-    label_shares = [np.bincount(c.y.numpy(), minlength=10).max() / c.num_examples for c in digits.clients]
+    label_shares = [
+        np.bincount(c.y.numpy(), minlength=10).max() / c.num_examples for c in digits.clients
+    ]
     assert max(label_shares) > 0.3  # Dirichlet(0.5): some client is dominated by one label
 
 
@@ -285,6 +295,17 @@ def test_npz_ignores_the_partitioner_and_reads_a_store_url(tmp_path: Path) -> No
     _assert_same(plain, via_store)
 
 
+def test_npz_reads_an_s3_store_url(tmp_path: Path, moto_http_url: str) -> None:
+    from fl.store import open_store
+
+    _write_clients(tmp_path, [4, 6], holdout=3)
+    store = open_store(moto_http_url)
+    for name in ("client_0.npz", "client_1.npz", "holdout.npz"):
+        store.put(name, (tmp_path / name).read_bytes())
+    store.put("nested/client_2.npz", (tmp_path / "client_0.npz").read_bytes())  # not a client
+    _assert_same(_fresh(_npz(tmp_path, 2), 0), _fresh(_npz(moto_http_url, 2), 0))
+
+
 def test_npz_without_holdout_carves_a_stratified_share(tmp_path: Path) -> None:
     _write_clients(tmp_path, [30, 30, 30, 30])
     federation = _fresh(_npz(tmp_path, 4, holdout_fraction=0.25), 1)
@@ -310,7 +331,9 @@ def _save_npy(path: Path) -> None:
         (lambda d: _corrupt(d, "client_1.npz", x=np.zeros((3, 5))), "client_1.npz lacks array 'y'"),
         (lambda d: (d / "client_1.npz").write_bytes(b"junk"), "client_1.npz is not a readable npz"),
         (
-            lambda d: _corrupt(d, "client_1.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1)),
+            lambda d: _corrupt(
+                d, "client_1.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1)
+            ),
             "client_1.npz is not a readable npz",
         ),
         (lambda d: _save_npy(d / "client_1.npz"), "client_1.npz is a single array"),
@@ -323,7 +346,9 @@ def _save_npy(path: Path) -> None:
             "client_1.npz: 'y' must hold 3 integer labels",
         ),
         (
-            lambda d: _corrupt(d, "client_1.npz", x=np.full((3, 5), np.nan), y=np.zeros(3, dtype=int)),
+            lambda d: _corrupt(
+                d, "client_1.npz", x=np.full((3, 5), np.nan), y=np.zeros(3, dtype=int)
+            ),
             "client_1.npz: 'x' holds NaN",
         ),
         (
@@ -337,7 +362,9 @@ def _save_npy(path: Path) -> None:
         (lambda d: (d / "client_1.npz").rename(d / "client_3.npz"), "lacks client_1.npz"),
     ],
 )
-def test_bad_npz_files_are_config_errors_naming_the_file(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_npz_files_are_config_errors_naming_the_file(
+    tmp_path: Path, damage, message: str
+) -> None:  # type: ignore[no-untyped-def]
     _write_clients(tmp_path, [4, 6, 5], holdout=3)
     damage(tmp_path)
     with pytest.raises(ConfigError, match=message):

@@ -7,7 +7,15 @@ import math
 import pytest
 
 from fl.config import GateConfig
-from fl.gating import Candidate, FiniteLoss, MaxEpsilon, MaxRegression, MinAccuracy, MinClients, build_gate
+from fl.gating import (
+    Candidate,
+    FiniteLoss,
+    MaxEpsilon,
+    MaxRegression,
+    MinAccuracy,
+    MinClients,
+    build_gate,
+)
 
 
 @pytest.mark.parametrize(
@@ -16,7 +24,12 @@ from fl.gating import Candidate, FiniteLoss, MaxEpsilon, MaxRegression, MinAccur
         (MinAccuracy(0.7), Candidate({"accuracy": 0.69}), False, "0.6900 < minimum 0.7"),
         (MinAccuracy(0.7), Candidate({"accuracy": 0.7}), True, ">= minimum"),
         (MaxRegression(0.1), Candidate({"accuracy": 0.5}), True, "no production"),
-        (MaxRegression(0.1), Candidate({"accuracy": 0.79}, {"accuracy": 0.9}, 4), False, "production v4"),
+        (
+            MaxRegression(0.1),
+            Candidate({"accuracy": 0.79}, {"accuracy": 0.9}, 4),
+            False,
+            "production v4",
+        ),
         (MaxRegression(0.1), Candidate({"accuracy": 0.81}, {"accuracy": 0.9}, 4), True, "within"),
         (FiniteLoss(), Candidate({"loss": math.nan}), False, "not finite"),
         (MinClients(3), Candidate({}, num_clients=2), False, "2 client(s) contributed, minimum 3"),
@@ -40,6 +53,8 @@ def test_gate_records_every_reason_and_fails_if_any_fails() -> None:
 
 
 def test_simulated_attack_blocks_promotion_unless_allowed() -> None:
-    candidate = Candidate({"accuracy": 0.99, "loss": 0.1}, num_clients=8, attack={"kind": "sign_flip"})
+    candidate = Candidate(
+        {"accuracy": 0.99, "loss": 0.1}, num_clients=8, attack={"kind": "sign_flip"}
+    )
     assert not build_gate(GateConfig(min_accuracy=0.5))(candidate).passed
     assert build_gate(GateConfig(min_accuracy=0.5, allow_attack=True))(candidate).passed

@@ -14,7 +14,7 @@ from fl.config import ModelConfig
 from fl.errors import ConfigError
 from fl.models import build_model, initial_weights
 
-FACTORIES = '''
+FACTORIES = """
 from torch import nn
 
 def tiny(input_dim, num_classes):
@@ -32,7 +32,7 @@ class Zoo:
         return nn.Linear(input_dim, hidden_dim)
 
 NOT_CALLABLE = 3
-'''
+"""
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_mlp_is_the_tutorials_model() -> None:
         "net.2.weight": (10, 64),
         "net.2.bias": (10,),
     }
-    assert isinstance(model.net[1], nn.ReLU)
+    assert isinstance(model.get_submodule("net.1"), nn.ReLU)
     assert model(torch.randn(5, 32)).shape == (5, 10)
 
 

@@ -18,5 +18,7 @@ def test_fl_imports_no_prefect() -> None:
         "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))\n"
         "assert not bad, bad\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr

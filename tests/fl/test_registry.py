@@ -166,7 +166,9 @@ def _race(n: int, action):  # type: ignore[no-untyped-def]
         return list(pool.map(run, range(n)))
 
 
-def test_concurrent_registrations_get_distinct_consecutive_versions(concurrent_store: ObjectStore) -> None:
+def test_concurrent_registrations_get_distinct_consecutive_versions(
+    concurrent_store: ObjectStore,
+) -> None:
     reg = Registry(concurrent_store, "race")
     versions = _race(8, lambda i: register(reg))
     assert sorted(versions) == list(range(1, 9))

@@ -85,7 +85,9 @@ def test_incompatible_update_names_client_and_tensor(change, fragment: str) -> N
 
 def test_l2_norm_matches_numpy() -> None:
     weights = _weights()
-    expected = np.linalg.norm(np.concatenate([t.numpy().astype(np.float64).ravel() for t in weights.values()]))
+    expected = np.linalg.norm(
+        np.concatenate([t.numpy().astype(np.float64).ravel() for t in weights.values()])
+    )
     assert l2_norm(weights) == pytest.approx(expected, rel=1e-12)
     assert l2_norm({}) == 0.0
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.stub import Stubber
 
 from fl.config import StoreConfig
-from fl.errors import ConfigError, StoreError
+from fl.errors import ConfigError, PreconditionFailed, StoreError
 from fl.store import LocalStore, S3Store, open_store
 
 
@@ -55,6 +54,13 @@ def test_local_urls(
 
     assert isinstance(store, LocalStore)
     assert store.root == Path(expected.format(**values))
+
+
+def test_path_objects_are_accepted(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "store")
+
+    assert isinstance(store, LocalStore)
+    assert store.root == tmp_path / "store"
 
 
 def test_local_store_url_round_trips(tmp_path: Path) -> None:
@@ -229,8 +235,37 @@ def test_unreachable_endpoint_is_a_store_error(aws_env: None) -> None:
         open_store(config).get("k")
 
 
-def test_store_modules_do_not_import_prefect() -> None:
-    code = "import sys, fl.store, fl.store.local, fl.store.s3; print('prefect' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+# -- S3 errors the moto backends never produce ----------------------------------------------------
 
-    assert result.stdout.strip() == "False", result.stderr
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected", "match"),
+    [
+        ("ConditionalRequestConflict", 409, PreconditionFailed, "changed"),
+        ("PreconditionFailed", 412, PreconditionFailed, "changed"),
+        ("NoSuchKey", 404, PreconditionFailed, "does not exist"),
+        ("AccessDenied", 403, StoreError, "access denied .* s3://models/fedship"),
+        ("SlowDown", 503, StoreError, r"S3 refused .* \(SlowDown\)"),
+    ],
+)
+def test_compare_and_swap_error_mapping(
+    aws_test_session: Any, code: str, status: int, expected: type[Exception], match: str
+) -> None:
+    client = aws_test_session.client("s3")
+    store = S3Store("models", "fedship", client)
+    with Stubber(client) as stub:
+        stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+        with pytest.raises(expected, match=match) as raised:
+            store.put_if_match("alias", b"v", '"etag"')
+        stub.assert_no_pending_responses()
+    assert expected is StoreError or isinstance(raised.value, PreconditionFailed)
+
+
+def test_missing_credentials_is_one_sentence(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+
+    with pytest.raises(StoreError, match="no usable AWS credentials .* s3://models"):
+        open_store("s3://models").get("k")
