@@ -220,7 +220,8 @@ def train(
         f"(rounds {summary['first_round']}-{summary['last_round']}), "
         f"registered {_span(summary['versions_registered'])}, "
         f"promoted {_span(summary['versions_promoted']) or 'none'}; "
-        f"production: {summary['production'] or 'none'}; final accuracy {summary['final_accuracy']:.4f}",
+        f"production: {summary['production'] or 'none'}; "
+        f"final accuracy {summary['final_accuracy']:.4f}",
         highlight=False,
     )
 
