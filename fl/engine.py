@@ -25,6 +25,7 @@ class RoundRecord(BaseModel):
     loss: float
     gate_passed: bool
     reasons: list[str]
+    rejected_by: list[str]
     promoted: bool
     contributed: list[int]
     failed: dict[int, str]
@@ -73,6 +74,7 @@ def round_record(manifest: dict[str, Any], change: dict[str, Any] | None) -> Rou
         loss=manifest["metrics"]["loss"],
         gate_passed=manifest["gate"]["passed"],
         reasons=manifest["gate"]["reasons"],
+        rejected_by=[c["reason"] for c in manifest["gate"]["checks"] if not c["passed"]],
         promoted=change is not None and bool(change.get("changed")),
         contributed=clients["contributed"],
         failed={int(k): v for k, v in clients["failed"].items()},

@@ -488,11 +488,11 @@ def promote(ctx: RunContext, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """Promote a version the gate passed; returns the alias change, or None if it was rejected."""
     if not manifest["gate"]["passed"]:
         return None
+    accuracy = manifest["metrics"]["accuracy"]
     change = ctx.registry().promote(
         manifest["version"],
         actor=f"run {ctx.run_id}",
-        reason=f"gate passed in round {manifest['round']}: "
-        + "; ".join(manifest["gate"]["reasons"]),
+        reason=f"gate passed in round {manifest['round']} (accuracy {accuracy:.4f})",
     )
     return change.to_dict()
 

@@ -14,10 +14,7 @@ def current_actor(explicit: str | None = None) -> str:
         return explicit
     if deployment.get_name():
         return f"deployment {deployment.get_name()} (flow run {flow_run.get_name()})"
-    user = os.environ.get("FEDSHIP_ACTOR")
-    if user:
-        return user
     try:
-        return f"user {getpass.getuser()}"
+        return os.environ.get("FEDSHIP_ACTOR") or f"user {getpass.getuser()}"
     except (KeyError, OSError):
         return "unknown"

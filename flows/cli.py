@@ -37,8 +37,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Piped output (make demo, CI logs) gets wide tables instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 T = TypeVar("T")
 
 StoreOpt = Annotated[
@@ -108,6 +109,15 @@ def prefect_session(verbose: bool) -> Iterator[None]:
         yield
 
 
+def local_actor() -> str:
+    import getpass
+
+    try:
+        return os.environ.get("FEDSHIP_ACTOR") or f"user {getpass.getuser()}"
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
@@ -175,7 +185,7 @@ def train(
             f"acc {record.accuracy:.4f} {verdict}",
         )
         if not as_json:
-            reason = "" if record.gate_passed else " — " + "; ".join(record.reasons[:2])
+            reason = "" if record.gate_passed else " — " + "; ".join(record.rejected_by)
             progress.console.print(
                 f"round {record.round:>4}  v{record.version:<5} accuracy {record.accuracy:.4f}  "
                 f"{verdict}[/]{reason}",
@@ -408,6 +418,14 @@ def rollback(
     ] = None,
     to: Annotated[int | None, typer.Option("--to", help="Version to go back to.")] = None,
     alias: AliasOpt = DEFAULT_ALIAS,
+    direct: Annotated[
+        bool,
+        typer.Option(
+            "--direct",
+            help="Skip Prefect: same checks and audit record, in this process, in seconds "
+            "(for when no Prefect server is reachable).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:

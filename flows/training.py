@@ -126,15 +126,7 @@ def federated_training(
             server_round,
             record.version,
             record.accuracy,
-            "passed"
-            if record.gate_passed
-            else "rejected ("
-            + "; ".join(
-                r
-                for r, c in zip(record.reasons, manifest["gate"]["checks"], strict=True)
-                if not c["passed"]
-            )
-            + ")",
+            "passed" if record.gate_passed else f"rejected ({'; '.join(record.rejected_by)})",
             " -> promoted" if record.promoted else "",
             f"; failed clients {sorted(record.failed)}" if record.failed else "",
         )
