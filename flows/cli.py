@@ -442,6 +442,21 @@ def rollback(
             {"alias": alias, "from_version": to, "to_version": to, "changed": False}, as_json
         )
         return
+    if direct:
+        from fl.release import verify_version
+
+        reg = existing_registry(store, model)
+        change = guarded(
+            lambda: reg.rollback(
+                to=target,
+                alias=alias,
+                actor=f"{local_actor()} (direct, no Prefect)",
+                reason=reason,
+                verify=lambda version: None if verify_version(reg, version) else None,
+            ).to_dict()
+        )
+        _print_change(change, as_json)
+        return
     with prefect_session(verbose):
         from flows.rollback import rollback as rollback_flow
 
