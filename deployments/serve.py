@@ -8,6 +8,7 @@ from typing import Any
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
 
 from flows.promotion import promote
 from flows.rollback import rollback
@@ -37,7 +38,7 @@ def build_deployments(
     return [
         federated_training.to_deployment(
             name="hourly",
-            cron=cron,
+            schedule=Cron(cron, timezone="UTC"),
             parameters={**common, "preset": preset, "rounds": rounds},
             concurrency_limit=1,
             description="Scheduled federated training; continues the model's round counter.",

@@ -360,16 +360,22 @@ def aggregate(
 
     store = ctx.store()
     results, failed = _collect(ctx, server_round, sampled, errors or {})
+    minimum = ctx.config.rounds.min_fit_clients
+
+    def too_few(valid: int, refused: int) -> RoundError:
+        remove_scratch(ctx, server_round)  # a failed round leaves nothing behind
+        return RoundError(
+            f"round {server_round}: only {valid} of {len(sampled)} sampled clients gave a valid "
+            f"update ({len(failed)} failed, {refused} refused); rounds.min_fit_clients is {minimum}"
+        )
+
+    if len(results) < minimum:
+        raise too_few(len(results), 0)
     global_weights = load_weights(store, state.weights_key, state.weights_sha256)
     server_state = _server_state(ctx, state)
     outcome = combine(ctx, server_round, global_weights, results, server_state, failed)
-    minimum = ctx.config.rounds.min_fit_clients
     if len(outcome.contributed) < minimum:
-        raise RoundError(
-            f"round {server_round}: only {len(outcome.contributed)} of {len(sampled)} sampled "
-            f"clients gave a valid update ({len(failed)} failed, {len(outcome.refused)} refused); "
-            f"rounds.min_fit_clients is {minimum}"
-        )
+        raise too_few(len(outcome.contributed), len(outcome.refused))
     return outcome
 
 

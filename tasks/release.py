@@ -6,26 +6,23 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from fl import release
 from fl.registry import Registry
 from fl.store import open_store
-
-IO = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=0.5),
-    "retry_jitter_factor": 0.2,
-    "cache_policy": NO_CACHE,
-    "timeout_seconds": 300,
-}
+from tasks.retry import IO
 
 
 def registry(store: str | None, model: str) -> Registry:
     return Registry(open_store(store), model)
 
 
-@task(name="rollback-target", task_run_name="rollback target {model}/{alias}", **IO)
+@task(
+    name="rollback-target",
+    task_run_name="rollback target {model}/{alias}",
+    cache_policy=NO_CACHE,
+    **IO,
+)
 def rollback_target(
     store: str | None, model: str, alias: str, steps: int | None, to_version: int | None
 ) -> int | None:
@@ -39,12 +36,17 @@ def verify_version(store: str | None, model: str, version: int) -> dict[str, Any
     return release.verify_version(registry(store, model), version)
 
 
-@task(name="promotion-gate", task_run_name="gate {model} v{version}", **IO)
+@task(name="promotion-gate", task_run_name="gate {model} v{version}", cache_policy=NO_CACHE, **IO)
 def promotion_gate(store: str | None, model: str, version: int, alias: str) -> dict[str, Any]:
     return release.promotion_decision(registry(store, model), version, alias).to_dict()
 
 
-@task(name="move-alias", task_run_name="{action} {model}/{alias} to v{version}", **IO)
+@task(
+    name="move-alias",
+    task_run_name="{action} {model}/{alias} to v{version}",
+    cache_policy=NO_CACHE,
+    **IO,
+)
 def move_alias(
     store: str | None, model: str, alias: str, action: str, version: int, actor: str, reason: str
 ) -> dict[str, Any]:

@@ -16,18 +16,11 @@ from prefect.tasks import exponential_backoff
 
 from fl import rounds as steps
 from fl.rounds import ClientResult, RoundOutcome, RunContext, TrainingState
+from tasks.retry import IO
 
-IO_RETRIES = 3
-IO = {
-    "retries": IO_RETRIES,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=0.5),
-    "retry_jitter_factor": 0.2,
-    "cache_policy": NO_CACHE,
-}
 CLIENT_RETRIES = 2
 # No timeout on training: mapped tasks run in worker threads, where Prefect cannot interrupt
 # them (it warns on every run). Bound client time with a process-based task runner instead.
-STEP_TIMEOUT_SECONDS = 300
 
 
 def _attempt() -> int:
@@ -35,7 +28,7 @@ def _attempt() -> int:
     return context.task_run.run_count if context and context.task_run else 1
 
 
-@task(name="resume", task_run_name="resume {ctx.model}", timeout_seconds=STEP_TIMEOUT_SECONDS, **IO)
+@task(name="resume", task_run_name="resume {ctx.model}", cache_policy=NO_CACHE, **IO)
 def resume(ctx: RunContext) -> TrainingState:
     return steps.resume(ctx)
 
@@ -63,7 +56,6 @@ def train_clients(
 @task(
     name="aggregate",
     task_run_name="aggregate round {server_round}",
-    timeout_seconds=STEP_TIMEOUT_SECONDS,
     **IO,
 )
 def aggregate(
@@ -79,7 +71,6 @@ def aggregate(
 @task(
     name="evaluate",
     task_run_name="evaluate round {server_round}",
-    timeout_seconds=STEP_TIMEOUT_SECONDS,
     **IO,
 )
 def evaluate(ctx: RunContext, server_round: int, outcome: RoundOutcome) -> dict[str, Any]:
@@ -89,7 +80,6 @@ def evaluate(ctx: RunContext, server_round: int, outcome: RoundOutcome) -> dict[
 @task(
     name="gate",
     task_run_name="gate round {server_round}",
-    timeout_seconds=STEP_TIMEOUT_SECONDS,
     **IO,
 )
 def gate(
@@ -101,7 +91,6 @@ def gate(
 @task(
     name="register",
     task_run_name="register round {server_round}",
-    timeout_seconds=STEP_TIMEOUT_SECONDS,
     **IO,
 )
 def register(
@@ -118,7 +107,6 @@ def register(
 @task(
     name="promote",
     task_run_name="promote round {server_round}",
-    timeout_seconds=STEP_TIMEOUT_SECONDS,
     **IO,
 )
 def promote(

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
+from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import validate
 
-import tasks  # noqa: F401  (Fedship's Prefect defaults, before Prefect is used)
 from deployments.serve import PREFECT_YAML, build_deployments
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +49,19 @@ def assert_parameters_valid(flow: Flow[..., Any], parameters: dict[str, Any], wh
     signature.bind_partial(**parameters)
     schema = parameter_schema(flow).model_dump()
     validate(parameters, schema, raise_on_error=True, ignore_required=True)
+
+
+def served_cron(deployment: RunnerDeployment) -> str:
+    """The cron string of a served deployment's only schedule."""
+    (schedule,) = deployment.schedules or []
+    assert isinstance(schedule.schedule, CronSchedule)
+    return schedule.schedule.cron
+
+
+def served_triggers(deployment: RunnerDeployment) -> list[DeploymentEventTrigger]:
+    triggers = list(deployment.triggers)
+    assert all(isinstance(t, DeploymentEventTrigger) for t in triggers)
+    return triggers  # type: ignore[return-value]  # checked just above
 
 
 def test_prefect_yaml_names_the_three_deployments() -> None:
@@ -97,19 +110,18 @@ def test_served_deployments_match_prefect_yaml(monkeypatch: pytest.MonkeyPatch) 
     assert [d.name for d in served] == EXPECTED_NAMES
     by_name = {d.name: d for d in served}
     hourly = by_name["hourly"]
-    (schedule,) = hourly.schedules
-    assert isinstance(schedule.schedule, CronSchedule)
-    assert schedule.schedule.cron == "0 * * * *"
+    assert served_cron(hourly) == "0 * * * *"
     assert hourly.concurrency_limit == DEPLOYMENTS["hourly"]["concurrency_limit"]
     for name, deployment in by_name.items():
         spec = DEPLOYMENTS[name]
         assert deployment.entrypoint == spec["entrypoint"]
         set_parameters = {k: v for k, v in deployment.parameters.items() if v is not None}
         assert set_parameters == spec.get("parameters", {})
-        assert [t.parameters for t in deployment.triggers] == [
+        triggers = served_triggers(deployment)
+        assert [t.parameters for t in triggers] == [
             t.get("parameters") for t in spec.get("triggers", [])
         ]
-        assert [sorted(t.expect) for t in deployment.triggers] == [
+        assert [sorted(t.expect) for t in triggers] == [
             sorted(t["expect"]) for t in spec.get("triggers", [])
         ]
 
@@ -119,14 +131,19 @@ def test_served_deployments_carry_the_given_model_store_and_schedule(
 ) -> None:
     monkeypatch.chdir(REPO_ROOT)
     served = build_deployments(
-        model="digits-v2", store="s3://bucket/prefix", preset="tutorial", rounds=3, cron="*/5 * * * *"
+        model="digits-v2",
+        store="s3://bucket/prefix",
+        preset="tutorial",
+        rounds=3,
+        cron="*/5 * * * *",
     )
 
     by_name = {d.name: d for d in served}
-    assert by_name["hourly"].schedules[0].schedule.cron == "*/5 * * * *"
+    assert served_cron(by_name["hourly"]) == "*/5 * * * *"
     assert by_name["hourly"].parameters["rounds"] == 3
     for deployment in served:
         assert deployment.parameters["model"] == "digits-v2"
         assert deployment.parameters["store"] == "s3://bucket/prefix"
+        assert deployment.entrypoint is not None
         flow = load_entrypoint(deployment.entrypoint)
         assert_parameters_valid(flow, deployment.parameters, f"served {deployment.name}")

@@ -22,6 +22,7 @@ from typing import Any
 
 import tasks  # noqa: F401  (Fedship's Prefect defaults, before Prefect is imported)
 
+# isort: split
 import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness

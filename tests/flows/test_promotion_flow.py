@@ -8,7 +8,7 @@ import pytest
 
 from fl.errors import IntegrityError, PromotionRefused, RegistryError
 from flows.promotion import promote
-from tests.flows.conftest import MODEL, PASS_ALL, REJECT_ALL, S3Target, seed_versions
+from tests.flows.conftest import PASS_ALL, REJECT_ALL, S3Target, seed_versions
 
 
 def snapshot(target: S3Target) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -45,11 +45,13 @@ def test_promoting_the_serving_version_changes_nothing(s3_target: S3Target) -> N
     ("version", "options", "error", "message"),
     [
         pytest.param(2, {}, PromotionRefused, "gate refused version 2", id="gate-refuses"),
-        pytest.param(2, {"force": True, "reason": " "}, RegistryError, "needs a reason", id="force-no-reason"),
+        pytest.param(
+            2, {"force": True, "reason": " "}, RegistryError, "needs a reason", id="force-no-reason"
+        ),
         pytest.param(9, {}, RegistryError, "has no version 9", id="unknown-version"),
         pytest.param(3, {}, IntegrityError, "version 3: stored bytes", id="corrupted"),
     ],
-)  # fmt: skip
+)
 def test_refused_promotion_changes_nothing(
     s3_target: S3Target, version: int, options: dict[str, Any], error: type[Exception], message: str
 ) -> None:

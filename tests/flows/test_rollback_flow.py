@@ -8,7 +8,7 @@ import pytest
 
 from fl.errors import IntegrityError, RegistryError
 from flows.rollback import rollback
-from tests.flows.conftest import MODEL, PASS_ALL, REJECT_ALL, S3Target, seed_versions
+from tests.flows.conftest import PASS_ALL, REJECT_ALL, S3Target, seed_versions
 
 
 def snapshot(target: S3Target) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -24,7 +24,10 @@ def test_rollback_goes_back_one_promotion_and_is_audited(s3_target: S3Target) ->
     change = rollback(reason="canary error rate up", store=s3_target.url, actor="alice")
 
     assert (change["from_version"], change["to_version"], change["changed"]) == (3, 2, True)
-    assert change["verified_metrics"]["accuracy"] == s3_target.registry().manifest(2)["metrics"]["accuracy"]
+    assert (
+        change["verified_metrics"]["accuracy"]
+        == s3_target.registry().manifest(2)["metrics"]["accuracy"]
+    )
     alias, audit = snapshot(s3_target)
     assert alias is not None and alias["version"] == 2
     assert alias["history"][-1] | {"at": None} == {
