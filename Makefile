@@ -33,6 +33,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check fl tasks flows deployments tests benchmarks
+	$(BIN)/mypy fl tasks flows deployments
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_vs_raw.py

@@ -35,7 +35,8 @@ def build_deployments(
 ) -> list[RunnerDeployment]:
     """The three deployments of `prefect.yaml`, bound to one model and store."""
     common: dict[str, Any] = {"model": model, "store": store}
-    return [
+    # `to_deployment` is typed as maybe-async; called from sync code it returns the deployment.
+    deployments: list[Any] = [
         federated_training.to_deployment(
             name="hourly",
             schedule=Cron(cron, timezone="UTC"),
@@ -66,6 +67,7 @@ def build_deployments(
             description="Promote a chosen version through the gate, or forced with a reason.",
         ),
     ]
+    return [d for d in deployments if isinstance(d, RunnerDeployment)]
 
 
 def serve_all(**options: Any) -> None:

@@ -130,7 +130,7 @@ class _ProgressHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if hasattr(record, "fedship_round"):
-            self.on_round(record.fedship_round, record.fedship_total)
+            self.on_round(record.fedship_round, getattr(record, "fedship_total", 0))
 
 
 @app.command()

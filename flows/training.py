@@ -64,7 +64,7 @@ def _emit(kind: str, model: str, record: RoundRecord, run_id: str) -> None:
 @flow(
     name="federated-training",
     flow_run_name="train-{model}",
-    task_runner=ThreadPoolTaskRunner(max_workers=max_workers()),
+    task_runner=ThreadPoolTaskRunner(max_workers=max_workers()),  # type: ignore[arg-type]
     validate_parameters=True,
 )
 def federated_training(
