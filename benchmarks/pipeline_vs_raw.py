@@ -1,6 +1,7 @@
 """The tutorial preset three ways in one process: what the pipeline costs over plain PyTorch.
 
-    .venv/bin/python benchmarks/pipeline_vs_raw.py [--rounds 30] [--clients-per-task 8 0] [--repeat 1]
+    .venv/bin/python benchmarks/pipeline_vs_raw.py [--rounds 30] [--clients-per-task 8 0]
+                                                   [--repeat 1] [--server ephemeral|harness]
 
 (a)  a plain loop: sample -> `train_cohort` -> `aggregate_weighted_mean` -> `evaluate`, no store,
      no orchestration; as in the tutorial nothing is promoted, each round continues from the
@@ -11,10 +12,13 @@
      once before any timed run (the ephemeral server a user gets; `--server harness` uses
      `prefect_test_harness` instead). Its start-up and a trivial flow run are timed on their own.
 
-Every number printed is measured in this run. The ephemeral server keeps its database in a fresh
-temporary PREFECT_HOME (unless `--prefect-home` names one), so it neither reads nor grows
-anyone's `~/.prefect`. Prefect's console handler is set to WARNING (the API handler still ships
-every INFO record, as for a user); set PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL to see the logs.
+Every number printed is measured in this run. Wall time on a shared machine follows its load, so
+CPU seconds are printed too: this process's (all threads) and, for (b), the Prefect server's.
+"in fl steps" is the time spent inside the `fl.rounds` step functions, summed over threads; the
+rest of (b) is orchestration. The ephemeral server keeps its database in a fresh temporary
+PREFECT_HOME (unless `--prefect-home` names one), so it neither reads nor grows anyone's
+`~/.prefect`. Prefect's console handler is set to WARNING (the API handler still ships every
+INFO record, as for a user); set PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL to see the logs.
 """
 
 from __future__ import annotations
@@ -24,15 +28,20 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 MODEL = "bench"
 PRESET = "tutorial"
+# The `fl.rounds` functions the engine and the Prefect tasks call (as `steps.<name>`).
+STEPS = ("resume", "sample", "train_clients", "aggregate", "evaluate", "gate", "register",
+         "finish_round")  # fmt: skip
 
 
 @dataclass
@@ -51,6 +60,8 @@ class RunResult:
     timing: Timing
     accuracies: list[float]
     sha256s: list[str]
+    in_steps: float = 0.0  # seconds inside `fl.rounds` steps, summed over threads
+    server_cpu: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,17 +76,46 @@ def timed(into: Timing) -> Iterator[Timing]:
         into.load_after = os.getloadavg()[0]
 
 
+@contextmanager
+def step_clock() -> Iterator[dict[str, float]]:
+    """Seconds spent in each `fl.rounds` step while the block runs (wrapped, then restored)."""
+    from fl import rounds
+
+    spent: defaultdict[str, float] = defaultdict(float)
+    lock = threading.Lock()
+
+    def clocked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def step(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    spent[name] += time.perf_counter() - start
+
+        return step
+
+    originals = {name: getattr(rounds, name) for name in STEPS}
+    for name, fn in originals.items():
+        setattr(rounds, name, clocked(name, fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(rounds, name, fn)
+
+
 def load_text() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of another process (Linux /proc), or None where it cannot be read."""
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of another process (Linux /proc); 0.0 where it cannot be read."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
+    except (OSError, TypeError):
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -90,7 +130,7 @@ def run_raw(config: Any) -> RunResult:
     from fl.training import evaluate, train_cohort
 
     rounds, timing = config.rounds, Timing()
-    accuracies, sha256s = [], []
+    accuracies = []
     with timed(timing):
         fed = load_federation(config.data, rounds.seed)
         weights = initial_weights(config.model, fed.input_dim, fed.num_classes, rounds.seed)
@@ -108,9 +148,8 @@ def run_raw(config: Any) -> RunResult:
             weights = aggregate_weighted_mean(updates, weights)
             result = evaluate(eval_model, weights, fed.holdout_x, fed.holdout_y, fed.num_classes)
             accuracies.append(result.accuracy)
-    # Checksums outside the timed block: (a) itself never serializes anything.
-    sha256s.append(sha256_hex(weights_to_bytes(weights)))
-    return RunResult(timing, accuracies, sha256s)
+    # The checksum is taken outside the timed block: (a) itself never serializes anything.
+    return RunResult(timing, accuracies, [sha256_hex(weights_to_bytes(weights))])
 
 
 # ----- (a') engine, (b) flow -----------------------------------------------------------------
@@ -126,12 +165,13 @@ def run_engine(config: Any, store_url: str) -> RunResult:
     from fl.engine import run_training
 
     timing = Timing()
-    with timed(timing):
+    with step_clock() as spent, timed(timing):
         summary = run_training(config, model=MODEL, store_url=store_url)
     result = RunResult(
         timing,
         [r.accuracy for r in summary.rounds],
         registered_sha256s(store_url, summary.versions_registered),
+        in_steps=sum(spent.values()),
     )
     result.extra["summary"] = summary.model_dump(mode="json")
     return result
@@ -149,10 +189,11 @@ def count_task_runs(flow_run_id: Any, settle_seconds: float = 30.0) -> tuple[int
     previous, deadline = -1, time.monotonic() + settle_seconds
     with get_client(sync_client=True) as client:
         while True:
-            runs, offset = [], 0
-            while page := client.read_task_runs(flow_run_filter=flow_runs, limit=200, offset=offset):
+            runs: list[Any] = []
+            while page := client.read_task_runs(
+                flow_run_filter=flow_runs, limit=200, offset=len(runs)
+            ):
                 runs.extend(page)
-                offset += len(page)
             if (len(runs) == previous and runs) or time.monotonic() > deadline:
                 return len(runs), sum(1 for run in runs if (run.run_count or 0) > 1)
             previous = len(runs)
@@ -165,24 +206,28 @@ def run_flow(config: Any, store_url: str, server_pid: int | None) -> RunResult:
     from flows.training import federated_training
 
     timing = Timing()
-    server_cpu = process_cpu_seconds(server_pid) if server_pid else None
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), timed(timing):
+    server_cpu = process_cpu_seconds(server_pid)
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        step_clock() as spent,
+        timed(timing),
+    ):
         state = federated_training(
             model=MODEL, store=store_url, preset=PRESET, rounds=config.rounds.per_run,
             overrides=[f"rounds.clients_per_task={config.rounds.clients_per_task}"],
             return_state=True,
         )  # fmt: skip
+    server_cpu = process_cpu_seconds(server_pid) - server_cpu
     summary = state.result()
-    if server_cpu is not None and server_pid:
-        after = process_cpu_seconds(server_pid)
-        server_cpu = None if after is None else after - server_cpu
     tasks, retried = count_task_runs(state.state_details.flow_run_id)
     result = RunResult(
         timing,
         [r["accuracy"] for r in summary["rounds"]],
         registered_sha256s(store_url, summary["versions_registered"]),
+        in_steps=sum(spent.values()),
+        server_cpu=server_cpu,
     )
-    result.extra.update(summary=summary, tasks=tasks, retried=retried, server_cpu=server_cpu)
+    result.extra.update(summary=summary, tasks=tasks, retried=retried)
     return result
 
 
@@ -202,10 +247,8 @@ def stop_ephemeral_server() -> None:
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
-    try:
+    with suppress(RuntimeError):  # no log was ever sent
         APILogWorker.instance().drain()
-    except RuntimeError:
-        pass  # no log was ever sent
     EventsWorker.drain_all()
     SubprocessASGIServer().stop()
 
@@ -244,60 +287,78 @@ def start_server(kind: str, stack: ExitStack) -> ServerInfo:
 # ----- report --------------------------------------------------------------------------------
 def agreement(left: RunResult, right: RunResult) -> str:
     """How closely two runs' per-round accuracies (and final weights) agree."""
-    pairs = list(zip(left.accuracies, right.accuracies, strict=False))
-    diffs = [abs(a - b) for a, b in pairs]
+    diffs = [abs(a - b) for a, b in zip(left.accuracies, right.accuracies, strict=False)]
     first = next((i + 1 for i, d in enumerate(diffs) if d > 0), None)
     same_weights = left.sha256s[-1:] == right.sha256s[-1:]
-    where = "identical in every round" if first is None else (
-        f"first differ in round {first}, max |diff| {max(diffs):.4f}"
+    where = (
+        "per-round accuracies identical"
+        if first is None
+        else f"accuracies first differ in round {first}, max |diff| {max(diffs):.4f}"
     )
     return f"{where}; final weights {'bitwise identical' if same_weights else 'differ'}"
 
 
-def median_timing(timings: list[Timing]) -> Timing:
-    return Timing(
-        statistics.median(t.wall for t in timings),
-        statistics.median(t.cpu for t in timings),
-        statistics.median(t.load_after for t in timings),
-    )
+def median_of(results: list[RunResult]) -> RunResult:
+    """A result whose timings are the medians over repeats (accuracies from the last run)."""
+    timings = [r.timing for r in results]
+    median = Timing(*(statistics.median(getattr(t, k) for t in timings)
+                      for k in ("wall", "cpu", "load_after")))  # fmt: skip
+    return RunResult(
+        median, results[-1].accuracies, results[-1].sha256s,
+        in_steps=statistics.median(r.in_steps for r in results),
+        server_cpu=statistics.median(r.server_cpu for r in results),
+        extra=results[-1].extra,
+    )  # fmt: skip
 
 
-def describe(name: str, t: Timing) -> str:
-    return f"  {name:<34} wall {t.wall:8.3f} s   cpu {t.cpu:8.3f} s   load after {t.load_after:5.2f}"
+LABELS = {"a": "(a)  plain PyTorch", "a'": "(a') engine + LocalStore",
+          "b": "(b)  Prefect flow + LocalStore"}  # fmt: skip
+
+
+def describe(label: str, r: RunResult) -> str:
+    times = f"wall {r.timing.wall:7.3f} s  cpu {r.timing.cpu:7.3f} s"
+    more = f"  in fl steps {r.in_steps:7.3f} s" if r.in_steps else ""
+    more += f"  server cpu {r.server_cpu:6.2f} s" if r.server_cpu else ""
+    return f"  {label:<36} {times}{more}  load {r.timing.load_after:5.2f}"
+
+
+def ratios(name: str, b: float, a: float, a1: float) -> str:
+    return f"  {name}: b/a = {b / a:.2f}   b/a' = {b / a1:.2f}   a'/a = {a1 / a:.2f}"
 
 
 def report(clients_per_task: int, runs: dict[str, list[RunResult]]) -> None:
-    a, a1, b = (median_timing([r.timing for r in runs[k]]) for k in ("a", "a'", "b"))
-    last = {k: v[-1] for k, v in runs.items()}
-    tasks = last["b"].extra["tasks"]
-    print(f"\n== clients_per_task={clients_per_task} ({len(runs['a'])} repeat(s), medians) ==")
-    for repeat in range(len(runs["a"])):
-        for key, label in (("a", "(a)  plain PyTorch"), ("a'", "(a') engine + LocalStore"),
-                           ("b", "(b)  Prefect flow + LocalStore")):  # fmt: skip
-            print(describe(f"{label} #{repeat + 1}", runs[key][repeat].timing))
-    print(f"  b/a  = {b.wall / a.wall:.2f}   b/a' = {b.wall / a1.wall:.2f}   a'/a = {a1.wall / a.wall:.2f}"
-          "   (server start-up excluded)")  # fmt: skip
-    retried = last["b"].extra["retried"]
+    repeats = len(runs["a"])
+    print(f"\n== clients_per_task={clients_per_task} ==")
+    for repeat in range(repeats):
+        for key, label in LABELS.items():
+            print(describe(f"{label} #{repeat + 1}", runs[key][repeat]))
+    a, a1, b = (median_of(runs[key]) for key in LABELS)
+    tasks, retried = b.extra["tasks"], b.extra["retried"]
+    b_cpu = b.timing.cpu + b.server_cpu
+    print(f"  medians of {repeats}; server start-up excluded throughout")
+    print(ratios("wall", b.timing.wall, a.timing.wall, a1.timing.wall))
+    print(ratios("cpu (b incl. server)", b_cpu, a.timing.cpu, a1.timing.cpu))
     print(f"  task runs in (b): {tasks} ({retried} ran more than once)")
-    print(f"  overhead per task (b - a')/tasks: {1000 * (b.wall - a1.wall) / tasks:.1f} ms;"
-          f"  (b - a)/tasks: {1000 * (b.wall - a.wall) / tasks:.1f} ms")  # fmt: skip
-    server_cpu = last["b"].extra["server_cpu"]
-    if server_cpu is not None:
-        print(f"  Prefect server process CPU during (b): {server_cpu:.2f} s"
-              f" ({1000 * server_cpu / tasks:.1f} ms a task run)")  # fmt: skip
-    finals = {k: v.accuracies[-1] for k, v in last.items()}
-    print("  final accuracy: " + "   ".join(f"({k}) {v:.4f}" for k, v in finals.items()))
-    raw, engine, flow = last["a"], last["a'"], last["b"]
-    print(f"  (a) vs (a'): {agreement(raw, engine)}")
-    print(f"  (a') vs (b): {agreement(engine, flow)}")
-    rejected = [r["round"] for r in engine.extra["summary"]["rounds"] if not r["gate_passed"]]
-    promoted = engine.extra["summary"]["versions_promoted"]
-    print(f"  (a') gate: promoted versions {promoted}; rejected in rounds {rejected}")
+    per_task_wall = 1000 * (b.timing.wall - a1.timing.wall) / tasks
+    per_task_cpu = 1000 * (b_cpu - a1.timing.cpu) / tasks
+    print(f"  overhead per task, (b - a')/tasks: wall {per_task_wall:.1f} ms,"
+          f" cpu incl. server {per_task_cpu:.1f} ms")  # fmt: skip
+    outside = b.timing.wall - b.in_steps
+    print(f"  (b) outside fl steps: {outside:.3f} s wall ({1000 * outside / tasks:.1f} ms a task);"
+          f" fl steps took {b.in_steps:.3f} s in (b), {a1.in_steps:.3f} s in (a')")  # fmt: skip
+    finals = (f"({key}) {r.accuracies[-1]:.4f}" for key, r in zip(LABELS, (a, a1, b), strict=True))
+    print(f"  final accuracy: {'   '.join(finals)}")
+    print(f"  (a) vs (a'): {agreement(a, a1)}")
+    print(f"  (a') vs (b): {agreement(a1, b)}")
+    rounds = a1.extra["summary"]["rounds"]
+    rejected = sum(1 for r in rounds if not r["gate_passed"])
+    print(f"  (a') gate: {rejected} of {len(rounds)} rounds rejected, promoted versions "
+          f"{a1.extra['summary']['versions_promoted']}")  # fmt: skip
 
 
 # ----- main ----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30, help="rounds of each run (default 30)")
     parser.add_argument(
         "--clients-per-task", type=int, nargs="+", default=[8],
@@ -323,7 +384,8 @@ def prepare_environment(args: argparse.Namespace, scratch: Path) -> None:
 
 def warm_up() -> dict[str, Timing]:
     """One-off costs every variant would otherwise pay on first use, timed on their own."""
-    warm = {name: Timing() for name in ("import torch + fl", "first optimizer", "import prefect + flow")}
+    names = ("import torch + fl", "first optimizer", "import prefect + flow")
+    warm = {name: Timing() for name in names}
     with timed(warm["import torch + fl"]):
         import torch
 
@@ -339,17 +401,16 @@ def run_all(args: argparse.Namespace, scratch: Path, stack: ExitStack) -> None:
     from fl.config import load_config
 
     print(f"machine: {load_text()} (start)")
-    warm = warm_up()
-    for name, t in warm.items():
-        print(describe(f"one-off: {name}", t))
+    for name, t in warm_up().items():
+        print(f"  one-off: {name:<24} wall {t.wall:7.3f} s  cpu {t.cpu:7.3f} s")
     server = start_server(args.server, stack)
     print(f"server start-up ({server.kind}): {server.startup.wall:.3f} s wall"
-          f" (load after {server.startup.load_after:.2f})")  # fmt: skip
+          f" (load {server.startup.load_after:.2f})")  # fmt: skip
     print(f"trivial flow run: first {server.trivial_first.wall:.3f} s, second"
           f" {server.trivial_second.wall:.3f} s")  # fmt: skip
     for clients_per_task in args.clients_per_task:
-        config = load_config(preset=PRESET, overrides=[
-            f"rounds.per_run={args.rounds}", f"rounds.clients_per_task={clients_per_task}"])  # fmt: skip
+        overrides = [f"rounds.per_run={args.rounds}", f"rounds.clients_per_task={clients_per_task}"]
+        config = load_config(preset=PRESET, overrides=overrides)
         runs: dict[str, list[RunResult]] = {"a": [], "a'": [], "b": []}
         for repeat in range(args.repeat):
             where = scratch / f"stores-{clients_per_task}-{repeat}"

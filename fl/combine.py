@@ -84,7 +84,8 @@ def _checked_updates(
         except AggregationError as err:
             refused[result.client_id] = str(err)
             continue
-        delta = flatten(weights) - global_vec
+        in_model_order = {name: weights[name] for name in global_weights}
+        delta = flatten(in_model_order) - global_vec
         yield result, weights, FlatUpdate(result.client_id, delta, result.num_examples)
 
 
@@ -142,7 +143,7 @@ def combine(
         refused.update({r.client_id: r.reason for r in refusals})
         contributed = [u.client_id for u in accepted]
         if len(accepted) < max(cfg.rounds.min_fit_clients, strategy.min_updates()):
-            candidate = global_weights  # aggregate() refuses the round with a clear message
+            candidate = global_weights  # aggregate() refuses such a round with a clear message
         else:
             if cfg.privacy.clip_norm is not None:
                 rng = round_rng(cfg.rounds.seed, server_round, "dp-noise")

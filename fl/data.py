@@ -4,6 +4,9 @@
 it. Synthetic and digits data are pooled and split over clients by a partitioner; npz clients
 come as given. Everything is deterministic in (config, seed), and cached per process because
 tasks call `load_federation` every round.
+
+An npz directory without `holdout.npz` gets a holdout carved from the clients' pooled data. That
+is for simulation only: real clients would never hand their examples to the server.
 """
 
 from __future__ import annotations
@@ -113,23 +116,35 @@ def partition_dirichlet(
     )
     by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     for _ in range(_DIRICHLET_ATTEMPTS):
-        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-        for indices in by_class:
-            proportions = rng.dirichlet(np.full(num_clients, alpha))
-            cuts = (np.cumsum(proportions)[:-1] * len(indices)).astype(np.int64)
-            for client, chunk in enumerate(np.split(indices, cuts)):
-                parts[client].append(chunk)
-        clients = [np.concatenate(chunks) for chunks in parts]
-        if min(len(c) for c in clients) >= min_size:
+        # bounds[k][c]:bounds[k][c + 1] is client c's slice of class k.
+        bounds = [_dirichlet_bounds(len(indices), num_clients, alpha, rng) for indices in by_class]
+        if np.sum([np.diff(b) for b in bounds], axis=0).min() >= min_size:
             break
-    else:
-        _top_up(clients, min_size, rng)
+    clients = [
+        np.concatenate(
+            [indices[b[c] : b[c + 1]] for indices, b in zip(by_class, bounds, strict=True)]
+        )
+        for c in range(num_clients)
+    ]
+    _top_up(clients, min_size, rng)
     return [np.sort(c) for c in clients]
+
+
+def _dirichlet_bounds(
+    count: int, num_clients: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
+    proportions = rng.dirichlet(np.full(num_clients, alpha))
+    if not np.isfinite(proportions).all():  # every gamma draw underflowed: give it all to one
+        proportions = np.zeros(num_clients)
+        proportions[rng.integers(num_clients)] = 1.0
+    cuts = np.minimum((np.cumsum(proportions)[:-1] * count).astype(np.int64), count)
+    return np.concatenate([[0], cuts, [count]])
 
 
 def _top_up(clients: list[np.ndarray], min_size: int, rng: np.random.Generator) -> None:
     """Move random samples from the largest clients until every client holds `min_size`."""
-    for client in range(len(clients)):
+    sizes = np.array([len(c) for c in clients])
+    for client in np.flatnonzero(sizes < min_size):
         while len(clients[client]) < min_size:
             donor = int(np.argmax([len(c) for c in clients]))
             count = min(min_size - len(clients[client]), len(clients[donor]) - min_size)
@@ -302,7 +317,8 @@ def _load_npz(
 ) -> tuple[list[np.ndarray], list[np.ndarray], _Pooled, bool]:
     """Client arrays as given; the holdout from `holdout.npz`, or carved (flag True) without it."""
     path = str(cfg.path)
-    names, read = _npz_listing(path)
+    listing, read = _npz_listing(path)
+    names = set(listing)
     count = sum(1 for name in names if _CLIENT_FILE.fullmatch(name))
     if count == 0:
         raise ConfigError(f"data.path {path!r} holds no client_<id>.npz files")

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from fl import training
+from fl import attacks, training
 from fl.config import RunConfig
 from fl.data import Federation, load_federation
 from fl.errors import ObjectNotFound, PreconditionFailed, RegistryError, RoundError
@@ -360,13 +360,19 @@ def aggregate(
 
     store = ctx.store()
     results, failed = _collect(ctx, server_round, sampled, errors or {})
-    minimum = ctx.config.rounds.min_fit_clients
+    from fl.combine import load_strategy
+
+    needed = load_strategy(ctx).min_updates()
+    minimum = max(ctx.config.rounds.min_fit_clients, needed)
+    need = f"rounds.min_fit_clients is {ctx.config.rounds.min_fit_clients}" + (
+        f" and strategy {ctx.config.strategy.name} needs {needed}" if needed > 1 else ""
+    )
 
     def too_few(valid: int, refused: int) -> RoundError:
         remove_scratch(ctx, server_round)  # a failed round leaves nothing behind
         return RoundError(
             f"round {server_round}: only {valid} of {len(sampled)} sampled clients gave a valid "
-            f"update ({len(failed)} failed, {refused} refused); rounds.min_fit_clients is {minimum}"
+            f"update ({len(failed)} failed, {refused} refused); {need}"
         )
 
     if len(results) < minimum:
@@ -441,10 +447,7 @@ def gate(ctx: RunContext, metrics: dict[str, Any], outcome: RoundOutcome) -> dic
 
 
 def attack_record(ctx: RunContext) -> dict[str, Any] | None:
-    attack = ctx.config.attack
-    if attack.kind is None or attack.num_clients == 0:
-        return None
-    return attack.model_dump()
+    return attacks.attack_record(ctx.config.attack)
 
 
 def register(

@@ -68,13 +68,16 @@ def _check_header(data: bytes, source: str) -> None:
 def weights_from_bytes(data: bytes, *, source: str) -> Weights:
     """Parse safetensors bytes; anything else raises `IntegrityError` naming `source`.
 
-    Tensors come back in the file's order (grouped by dtype, then by name), not the module's.
+    Tensors come back sorted by name: the file does not record the module's order, and the
+    parser's own order is random (a hash map). Two sets of weights read back from bytes therefore
+    line up position by position; to line up with a `state_dict()`, walk that dict's names.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise IntegrityError(f"{source} is {type(data).__name__}, not safetensors bytes")
     data = bytes(data)
     _check_header(data, source)
     try:
-        return dict(_safetensors_load(data))
+        loaded = _safetensors_load(data)
     except Exception as err:  # the Rust parser raises its own error type for every bad input
         raise IntegrityError(f"{source} is not a valid safetensors model: {err}") from None
+    return {name: loaded[name] for name in sorted(loaded)}

@@ -1,8 +1,8 @@
 """Model weights as named tensors, and the few operations every strategy needs on them.
 
 `Weights` is what `nn.Module.state_dict()` returns: tensor names in the module's order. Weights
-read back from bytes come in the file's order, so code that lines two sets of weights up walks
-the names of one of them (the reference), never relies on both having the same order.
+read back from bytes come sorted by name instead, so code that lines two sets of weights up
+walks the names of one of them (the reference) rather than trusting both to share an order.
 """
 
 from __future__ import annotations

@@ -158,6 +158,9 @@ def test_thread_count_is_set_for_the_call_and_restored(
         assert torch.get_num_threads() == 2
         _train(federation, num_threads=None)
         assert seen == [1] * 4 + [2] * 4
+        model, weights = _setup(federation)
+        evaluate(model, weights, federation.holdout_x, federation.holdout_y, 5, num_threads=1)
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
 
