@@ -55,7 +55,7 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=32, ge=1)
@@ -238,9 +238,13 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def build_config(data: dict[str, Any]) -> RunConfig:
     """Validate a nested dict into a `RunConfig`, turning pydantic errors into `ConfigError`."""
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
+    from fl.strategies import build_strategy  # strategies import this module
+
+    build_strategy(config.strategy, clients_per_round=config.rounds.clients_per_round)
+    return config
 
 
 def preset_dict(name: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from fl.config import RunConfig, load_config
 from fl.engine import RoundRecord, new_run_id, round_record, summarize
 from fl.rounds import ClientTrainingError, RunContext, cohorts
-from fl.strategies import build_strategy
 from tasks import round as round_tasks
 
 # The CLI listens here to draw its progress bar; every round record is logged to it.
@@ -33,9 +32,7 @@ def build_run_config(
     settings = list(overrides or [])
     if rounds is not None:
         settings.append(f"rounds.per_run={rounds}")
-    config = load_config(preset=preset, config_file=config_file, overrides=settings)
-    build_strategy(config.strategy, clients_per_round=config.rounds.clients_per_round)
-    return config
+    return load_config(preset=preset, config_file=config_file, overrides=settings)
 
 
 def _errors(futures: list[PrefectFuture[Any]], groups: list[list[int]]) -> dict[int, str]:

@@ -60,6 +60,9 @@ def test_file_then_overrides(tmp_path: Path, suffix: str) -> None:
         (["rounds.clients_per_round=50"], "exceeds data.num_clients"),
         (["strategy.name=fedsgdx"], "strategy.name"),
         (["justakey"], "section.field=value"),
+        (["strategy.name=trimmed_mean", "strategy.params={beta: 0.6}"], "strategy.params.beta"),
+        (["strategy.name=krum", "strategy.params={f: 5}"], "f must be"),
+        (["strategy.params={bogus: 1}"], "strategy.params.bogus"),
     ],
 )
 def test_invalid_values_name_the_field(overrides: list[str], message: str) -> None:
