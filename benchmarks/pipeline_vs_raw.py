@@ -219,7 +219,9 @@ def count_task_runs(flow_run_id: Any, settle_seconds: float = 30.0) -> tuple[int
             time.sleep(1.0)
 
 
-def run_flow(config: Any, store_url: str, server_pid: int | None) -> RunResult:
+def run_flow(
+    config: Any, store_url: str, server_pid: int | None, extra: list[str] | None = None
+) -> RunResult:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.training import federated_training
@@ -233,7 +235,7 @@ def run_flow(config: Any, store_url: str, server_pid: int | None) -> RunResult:
     ):
         state = federated_training(
             model=MODEL, store=store_url, preset=PRESET, rounds=config.rounds.per_run,
-            overrides=[f"rounds.clients_per_task={config.rounds.clients_per_task}"],
+            overrides=[f"rounds.clients_per_task={config.rounds.clients_per_task}", *(extra or [])],
             return_state=True,
         )  # fmt: skip
     server_cpu = process_cpu_seconds(server_pid) - server_cpu
@@ -388,6 +390,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="clients per training task, 0 = one task per client; several values run in turn",
     )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, help="runs of each variant (default 1)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="extra config override for every variant, e.g. train.local_epochs=20 (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--server", choices=["ephemeral", "harness"], default="ephemeral")
     parser.add_argument("--prefect-home", help="PREFECT_HOME for the server (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -432,14 +438,18 @@ def run_all(args: argparse.Namespace, scratch: Path, stack: ExitStack) -> None:
     print(f"trivial flow run: first {server.trivial_first.wall:.3f} s, second"
           f" {server.trivial_second.wall:.3f} s")  # fmt: skip
     for clients_per_task in args.clients_per_task:
-        overrides = [f"rounds.per_run={args.rounds}", f"rounds.clients_per_task={clients_per_task}"]
+        overrides = [
+            f"rounds.per_run={args.rounds}",
+            f"rounds.clients_per_task={clients_per_task}",
+            *args.overrides,
+        ]
         config = load_config(preset=PRESET, overrides=overrides)
         runs: dict[str, list[RunResult]] = {"a": [], "a'": [], "b": []}
         for repeat in range(args.repeat):
             where = scratch / f"stores-{clients_per_task}-{repeat}"
             runs["a"].append(run_raw(config))
             runs["a'"].append(run_engine(config, str(where / "engine")))
-            runs["b"].append(run_flow(config, str(where / "flow"), server.pid))
+            runs["b"].append(run_flow(config, str(where / "flow"), server.pid, args.overrides))
         report(clients_per_task, runs)
     print(f"\nmachine: {load_text()} (end)")
 
