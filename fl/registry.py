@@ -30,6 +30,8 @@ from fl.weights import Weights
 DEFAULT_ALIAS = "production"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CAS_ATTEMPTS = 64
+# Events kept inside an alias object (the audit log keeps them all); bounds the CAS payload.
+ALIAS_HISTORY_LIMIT = 500
 
 
 def utc_now() -> str:
@@ -308,7 +310,7 @@ class Registry:
                 "version": target,
                 "updated_at": at,
                 "stack": stack,
-                "history": [*(state or {}).get("history", []), event],
+                "history": [*(state or {}).get("history", []), event][-ALIAS_HISTORY_LIMIT:],
             }
             try:
                 if token is None:

@@ -531,6 +531,9 @@ def advance(
         server_state_sha256=outcome.server_state_sha256 or state.server_state_sha256,
     )
     write_checkpoint(ctx, new_state)
+    superseded = state.server_state_key
+    if superseded and superseded != new_state.server_state_key:
+        ctx.store().delete(superseded)  # optimizer moments of an older round: no longer needed
     remove_scratch(ctx, int(manifest["round"]))
     return new_state
 
