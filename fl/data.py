@@ -28,11 +28,11 @@ import torch
 
 from fl.config import DataConfig
 from fl.errors import ConfigError
+from fl.partition import partition
 from fl.sampling import derive_seed
 
 _CLIENT_FILE = re.compile(r"client_(\d+)\.npz")
 _HOLDOUT_FILE = "holdout.npz"
-_DIRICHLET_ATTEMPTS = 100
 _CACHE_SIZE = 8
 
 
@@ -72,112 +72,6 @@ class Federation:
             last = len(self.clients) - 1
             raise ConfigError(f"client {client_id} does not exist; client ids run from 0 to {last}")
         return self.clients[client_id]
-
-
-# ----------------------------------------------------------------------------- partitioners
-
-
-def _check_enough_samples(num_samples: int, needed: int, what: str) -> None:
-    if needed > num_samples:
-        raise ConfigError(f"cannot split {num_samples} training samples into {what}")
-
-
-def partition_iid(
-    labels: np.ndarray, num_clients: int, *, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Shuffle, then split into `num_clients` parts whose sizes differ by at most one."""
-    _check_enough_samples(len(labels), num_clients, f"{num_clients} non-empty clients")
-    parts = np.array_split(rng.permutation(len(labels)), num_clients)
-    return [np.sort(part) for part in parts]
-
-
-def partition_dirichlet(
-    labels: np.ndarray,
-    num_clients: int,
-    *,
-    alpha: float,
-    rng: np.random.Generator,
-    min_size: int | None = None,
-) -> list[np.ndarray]:
-    """Label skew: each class is split over clients in Dirichlet(alpha) proportions.
-
-    Smaller `alpha` means fewer classes per client. Every client ends with at least `min_size`
-    samples (default: 10, or fewer when the data is small): the split is redrawn up to 100 times,
-    then samples are moved from the largest clients to the short ones.
-    """
-    labels = np.asarray(labels)
-    num_samples = len(labels)
-    if alpha <= 0:
-        raise ConfigError(f"dirichlet alpha must be positive, got {alpha}")
-    if min_size is None:
-        min_size = max(1, min(10, num_samples // (2 * num_clients)))
-    _check_enough_samples(
-        num_samples, num_clients * min_size, f"{num_clients} clients of at least {min_size}"
-    )
-    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    for _ in range(_DIRICHLET_ATTEMPTS):
-        # bounds[k][c]:bounds[k][c + 1] is client c's slice of class k.
-        bounds = [_dirichlet_bounds(len(indices), num_clients, alpha, rng) for indices in by_class]
-        if np.sum([np.diff(b) for b in bounds], axis=0).min() >= min_size:
-            break
-    clients = [
-        np.concatenate(
-            [indices[b[c] : b[c + 1]] for indices, b in zip(by_class, bounds, strict=True)]
-        )
-        for c in range(num_clients)
-    ]
-    _top_up(clients, min_size, rng)
-    return [np.sort(c) for c in clients]
-
-
-def _dirichlet_bounds(
-    count: int, num_clients: int, alpha: float, rng: np.random.Generator
-) -> np.ndarray:
-    proportions = rng.dirichlet(np.full(num_clients, alpha))
-    if not np.isfinite(proportions).all():  # every gamma draw underflowed: give it all to one
-        proportions = np.zeros(num_clients)
-        proportions[rng.integers(num_clients)] = 1.0
-    cuts = np.minimum((np.cumsum(proportions)[:-1] * count).astype(np.int64), count)
-    return np.concatenate([[0], cuts, [count]])
-
-
-def _top_up(clients: list[np.ndarray], min_size: int, rng: np.random.Generator) -> None:
-    """Move random samples from the largest clients until every client holds `min_size`."""
-    sizes = np.array([len(c) for c in clients])
-    for client in np.flatnonzero(sizes < min_size):
-        while len(clients[client]) < min_size:
-            donor = int(np.argmax([len(c) for c in clients]))
-            count = min(min_size - len(clients[client]), len(clients[donor]) - min_size)
-            taken = rng.choice(len(clients[donor]), size=count, replace=False)
-            clients[client] = np.concatenate([clients[client], clients[donor][taken]])
-            clients[donor] = np.delete(clients[donor], taken)
-
-
-def partition_shards(
-    labels: np.ndarray, num_clients: int, *, shards_per_client: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Sort by label, cut into `num_clients * shards_per_client` shards, deal shards at random."""
-    labels = np.asarray(labels)
-    num_shards = num_clients * shards_per_client
-    _check_enough_samples(
-        len(labels), num_shards, f"{num_clients} clients x {shards_per_client} shards"
-    )
-    shuffled = rng.permutation(len(labels))  # random order within a label
-    by_label = shuffled[np.argsort(labels[shuffled], kind="stable")]
-    shards = np.array_split(by_label, num_shards)
-    dealt = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
-    return [np.sort(np.concatenate([shards[s] for s in row])) for row in dealt]
-
-
-def _partition(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(derive_seed("partition", seed))
-    if cfg.partitioner == "iid":
-        return partition_iid(labels, cfg.num_clients, rng=rng)
-    if cfg.partitioner == "dirichlet":
-        return partition_dirichlet(labels, cfg.num_clients, alpha=cfg.alpha, rng=rng)
-    return partition_shards(
-        labels, cfg.num_clients, shards_per_client=cfg.shards_per_client, rng=rng
-    )
 
 
 # ----------------------------------------------------------------------------- sources
@@ -392,7 +286,7 @@ def _build_federation(cfg: DataConfig, seed: int) -> Federation:
         xs, ys, pooled, carved = _load_npz(cfg, seed)
     else:
         pooled = _SOURCES[cfg.source](cfg, seed)
-        indices = _partition(pooled.y, cfg, seed)
+        indices = partition(pooled.y, cfg, seed)
         xs, ys, carved = [pooled.x[i] for i in indices], [pooled.y[i] for i in indices], False
     clients = tuple(
         ClientData(c, _features(x), _labels(y)) for c, (x, y) in enumerate(zip(xs, ys, strict=True))

@@ -10,15 +10,9 @@ import pytest
 import torch
 
 from fl.config import DataConfig, load_config
-from fl.data import (
-    Federation,
-    clear_federation_cache,
-    load_federation,
-    partition_dirichlet,
-    partition_iid,
-    partition_shards,
-)
+from fl.data import Federation, clear_federation_cache, load_federation
 from fl.errors import ConfigError
+from fl.partition import partition_dirichlet, partition_iid, partition_shards
 
 SYNTHETIC = {
     "source": "synthetic",
