@@ -22,7 +22,7 @@ STORE_ENV = "FEDSHIP_STORE"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -114,6 +114,9 @@ STRATEGIES = (
 )  # fmt: skip
 
 
+ROBUST_STRATEGIES = ("median", "trimmed_mean", "krum", "multikrum")
+
+
 class StrategyConfig(Section):
     name: str = "fedavg"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -172,6 +175,13 @@ class RunConfig(Section):
             )
         if self.data.source == "npz" and not self.data.path:
             raise ValueError("data.path is required when data.source is 'npz'")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        if self.privacy.clip_norm is not None and self.strategy.name in ROBUST_STRATEGIES:
+            raise ValueError(
+                f"privacy.clip_norm (DP-FedAvg) replaces the aggregation rule, so it cannot be "
+                f"combined with strategy.name={self.strategy.name!r}; use a FedAvg-family strategy"
+            )
         if self.attack.num_clients > self.rounds.clients_per_round:
             raise ValueError(
                 f"attack.num_clients ({self.attack.num_clients}) exceeds "
@@ -294,6 +304,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     result = json.loads(json.dumps(data))
     for item in overrides:
         path, value = parse_override(item)
+        if path == ["preset"]:
+            raise ConfigError(f"override {item!r}: choose a preset with --preset, not --set")
         node = result
         for part in path[:-1]:
             child = node.setdefault(part, {})

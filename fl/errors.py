@@ -44,3 +44,7 @@ class RoundError(FedshipError):
 
 class PromotionRefused(FedshipError):
     """The gate refused a promotion and it was not forced."""
+
+
+class AliasMoved(RegistryError):
+    """An alias changed between deciding on a change and making it."""

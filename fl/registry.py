@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fl.errors import ObjectNotFound, PreconditionFailed, RegistryError
+from fl.errors import AliasMoved, ConfigError, ObjectNotFound, PreconditionFailed, RegistryError
 from fl.integrity import verify_sha256
 from fl.serialization import sha256_hex, weights_from_bytes, weights_to_bytes
 from fl.store.base import ObjectStore
@@ -30,6 +30,7 @@ from fl.weights import Weights
 DEFAULT_ALIAS = "production"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CAS_ATTEMPTS = 64
+_ANY = object()  # "no expectation" for expected_from, where None means "alias unset"
 # Events kept inside an alias object (the audit log keeps them all); bounds the CAS payload.
 ALIAS_HISTORY_LIMIT = 500
 
@@ -43,8 +44,10 @@ def _dumps(payload: dict[str, Any]) -> bytes:
 
 
 def validate_name(kind: str, value: str) -> str:
+    if kind == "alias" and isinstance(value, str) and value.isascii() and value.isdigit():
+        raise ConfigError(f"invalid alias name {value!r}: it would read as a version number")
     if not isinstance(value, str) or not _NAME.match(value):
-        raise RegistryError(
+        raise ConfigError(
             f"invalid {kind} name {value!r}: use letters, digits, '.', '_' or '-' "
             "(at most 128 characters, starting with a letter or digit)"
         )
@@ -132,7 +135,7 @@ class Registry:
         claim = _dumps({"run_id": run_id, "claimed_at": utc_now()})
         while True:
             try:
-                self.store.put_if_absent(self.version_prefix(version) + "claim.json", claim)
+                self._create(self.version_prefix(version) + "claim.json", claim)
                 break
             except PreconditionFailed:
                 version += 1
@@ -179,7 +182,7 @@ class Registry:
         """
         weights_from_bytes(data, source="model to register")  # refuse anything but safetensors
         version = self._allocate(run_id)
-        self.store.put_if_absent(self.model_key(version), data)
+        self._create(self.model_key(version), data)
         manifest = {
             **(fields or {}),
             "version": version,
@@ -190,7 +193,7 @@ class Registry:
             "run_id": run_id,
             "created_at": utc_now(),
         }
-        self.store.put_if_absent(self.manifest_key(version), _dumps(manifest))
+        self._create(self.manifest_key(version), _dumps(manifest))
         return manifest
 
     def manifest(self, version: int) -> dict[str, Any]:
@@ -230,7 +233,7 @@ class Registry:
 
     def resolve(self, ref: int | str) -> int:
         """A version number, a digit string, or an alias name → the version number."""
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        if isinstance(ref, int) or (isinstance(ref, str) and re.fullmatch(r"[0-9]+", ref)):
             version = int(ref)
             self.manifest(version)
             return version
@@ -280,6 +283,15 @@ class Registry:
                 result[name] = int(state["version"])
         return result
 
+    def _create(self, key: str, data: bytes) -> None:
+        """Create-only write that tolerates its own lost reply: if the object already holds
+        exactly these bytes, a retried request of ours landed, and that is success."""
+        try:
+            self.store.put_if_absent(key, data)
+        except PreconditionFailed:
+            if self.store.get(key).data != data:
+                raise
+
     def _change_alias(
         self,
         alias: str,
@@ -287,30 +299,50 @@ class Registry:
         plan: Callable[[dict[str, Any] | None], tuple[int, list[int]] | None],
         actor: str,
         reason: str,
+        *,
+        request_id: str | None = None,
+        expected_from: int | None | object = _ANY,
     ) -> AliasChange:
         """Read, plan, compare-and-swap; retry on conflict. `plan` returns (target, new stack)
-        or None for "already there"; it raises `RegistryError` to refuse."""
+        or None for "already there"; it raises `RegistryError` to refuse.
+
+        Idempotent under retries: the change carries `request_id` (a retried task passes the
+        same one), so a change whose reply was lost, or whose audit record was not written, is
+        recognised and completed instead of being applied twice. With `expected_from`, the
+        alias moves only while it still points at that version (None: while it is unset).
+        """
         key = self.alias_key(alias)
+        event_id = request_id or uuid.uuid4().hex
         for _ in range(_CAS_ATTEMPTS):
             current = self._read_alias(alias)
             state, token = current if current else (None, None)
-            planned = plan(state)
+            history = (state or {}).get("history", [])
+            if history and history[-1].get("id") == event_id:
+                return self._complete(alias, history[-1])
             from_version = None if state is None else int(state["version"])
+            if expected_from is not _ANY and from_version != expected_from:
+                raise AliasMoved(
+                    f"{alias!r} of model {self.model!r} is at version {from_version}, not "
+                    f"{expected_from} as when this change was decided; decide again"
+                )
+            planned = plan(state)
             at = utc_now()
             if planned is None:
                 assert from_version is not None
                 return AliasChange(self.model, alias, action, from_version, from_version,
                                    False, actor, reason, at)  # fmt: skip
             target, stack = planned
-            event = {"action": action, "from": from_version, "to": target, "actor": actor,
-                     "reason": reason, "at": at}  # fmt: skip
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            event = {"id": event_id, "action": action, "from": from_version, "to": target,
+                     "actor": actor, "reason": reason, "at": at,
+                     "audit_key": f"{self.prefix}audit/{stamp}-{event_id[:16]}.json"}  # fmt: skip
             new_state = {
                 "model": self.model,
                 "alias": alias,
                 "version": target,
                 "updated_at": at,
                 "stack": stack,
-                "history": [*(state or {}).get("history", []), event][-ALIAS_HISTORY_LIMIT:],
+                "history": [*history, event][-ALIAS_HISTORY_LIMIT:],
             }
             try:
                 if token is None:
@@ -318,17 +350,31 @@ class Registry:
                 else:
                     self.store.put_if_match(key, _dumps(new_state), token)
             except PreconditionFailed:
-                continue
-            change = AliasChange(self.model, alias, action, from_version, target, True, actor,
-                                 reason, at)  # fmt: skip
-            self._audit(change)
-            return change
+                continue  # someone else changed it, or our own reply was lost: re-read
+            return self._complete(alias, event)
         raise RegistryError(f"alias {alias!r} of model {self.model!r} is changing too fast; retry")
 
+    def _complete(self, alias: str, event: dict[str, Any]) -> AliasChange:
+        """Write the audit record of an alias change (again, harmlessly, after a retry)."""
+        change = AliasChange(self.model, alias, event["action"], event["from"], event["to"],
+                             True, event["actor"], event["reason"], event["at"])  # fmt: skip
+        self._create(event["audit_key"], _dumps(change.to_dict()))
+        return change
+
     def promote(
-        self, version: int, *, alias: str = DEFAULT_ALIAS, actor: str = "unknown", reason: str = ""
+        self,
+        version: int,
+        *,
+        alias: str = DEFAULT_ALIAS,
+        actor: str = "unknown",
+        reason: str = "",
+        request_id: str | None = None,
+        expected_from: int | None | object = _ANY,
     ) -> AliasChange:
-        """Point `alias` at `version`; the previous target goes on the rollback stack."""
+        """Point `alias` at `version`; the previous target goes on the rollback stack.
+
+        `expected_from`: move only if the alias still points where the gate saw it.
+        """
         self.manifest(version)  # refuse unknown versions
 
         def plan(state: dict[str, Any] | None) -> tuple[int, list[int]] | None:
@@ -338,7 +384,15 @@ class Registry:
                 return None
             return version, [*state["stack"], int(state["version"])]
 
-        return self._change_alias(alias, "promote", plan, actor, reason)
+        return self._change_alias(
+            alias,
+            "promote",
+            plan,
+            actor,
+            reason,
+            request_id=request_id,
+            expected_from=expected_from,
+        )
 
     def rollback(
         self,
@@ -349,6 +403,7 @@ class Registry:
         actor: str = "unknown",
         reason: str = "",
         verify: Callable[[int], None] | None = None,
+        request_id: str | None = None,
     ) -> AliasChange:
         """Move `alias` back to a version it pointed to before (never to one it never held).
 
@@ -365,7 +420,7 @@ class Registry:
         def plan(state: dict[str, Any] | None) -> tuple[int, list[int]] | None:
             return self._rollback_plan(state, steps, to, alias)
 
-        return self._change_alias(alias, "rollback", plan, actor, reason)
+        return self._change_alias(alias, "rollback", plan, actor, reason, request_id=request_id)
 
     def rollback_target(
         self, *, steps: int | None = None, to: int | None = None, alias: str = DEFAULT_ALIAS
@@ -393,8 +448,8 @@ class Registry:
             if to not in stack:
                 earlier = ", ".join(map(str, stack)) or "none"
                 raise RegistryError(
-                    f"version {to} was never {alias!r} before for model {self.model!r} "
-                    f"(earlier targets: {earlier})"
+                    f"version {to} is not an earlier target of {alias!r} for model "
+                    f"{self.model!r} (earlier targets: {earlier}); use promote to serve it"
                 )
             index = len(stack) - 1 - stack[::-1].index(to)
             return to, stack[:index]
@@ -407,11 +462,6 @@ class Registry:
         return stack[-steps], stack[:-steps]
 
     # ----- audit ----------------------------------------------------------------------------
-    def _audit(self, change: AliasChange) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        key = f"{self.prefix}audit/{stamp}-{uuid.uuid4().hex[:12]}.json"
-        self.store.put_if_absent(key, _dumps(change.to_dict()))
-
     def audit_log(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Audit records, newest first."""
         keys = sorted(self.store.list(f"{self.prefix}audit/"), reverse=True)

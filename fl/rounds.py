@@ -27,14 +27,22 @@ from pydantic import BaseModel
 from fl import attacks, training
 from fl.config import RunConfig
 from fl.data import Federation, load_federation
-from fl.errors import ObjectNotFound, PreconditionFailed, RegistryError, RoundError
+from fl.errors import (
+    AliasMoved,
+    ConfigError,
+    ObjectNotFound,
+    PreconditionFailed,
+    RegistryError,
+    RoundError,
+)
 from fl.gating import Candidate, build_gate
 from fl.integrity import verify_sha256
 from fl.models import build_model, initial_weights
-from fl.registry import DEFAULT_ALIAS, Registry
+from fl.registry import DEFAULT_ALIAS, Registry, utc_now
 from fl.sampling import sample_clients
 from fl.serialization import sha256_hex, weights_from_bytes, weights_to_bytes
 from fl.store import LocalStore, ObjectStore, open_store
+from fl.strategies import build_strategy
 from fl.weights import Weights
 
 CHECKPOINT = "checkpoint.json"
@@ -74,7 +82,8 @@ class TrainingState(BaseModel):
     weights_version: int | None  # registered version the weights are; None for a fresh init
     server_state_key: str | None = None
     server_state_sha256: str | None = None
-    source: Literal["checkpoint", "production", "fresh"] = "checkpoint"
+    source: Literal["checkpoint", "production", "fresh", "rollback"] = "checkpoint"
+    updated_at: str | None = None
 
 
 class ClientResult(BaseModel):
@@ -181,19 +190,21 @@ def read_checkpoint(ctx: RunContext) -> tuple[TrainingState, str] | None:
 def resume(ctx: RunContext) -> TrainingState:
     """Latest checkpoint of the model, else production, else a fresh initialization."""
     checkpoint = read_checkpoint(ctx)
-    if checkpoint is not None:
-        return checkpoint[0]
     registry = ctx.registry()
     production = registry.alias_state(DEFAULT_ALIAS)
+    if checkpoint is not None:
+        state = _after_rollback(registry, checkpoint[0], production) or checkpoint[0]
+        return _check_architecture(ctx, state)
     if production is not None:
         manifest = registry.manifest(int(production["version"]))
-        return TrainingState(
+        state = TrainingState(
             server_round=int(manifest.get("round", 0)),
             weights_key=registry.model_key(manifest["version"]),
             weights_sha256=manifest["sha256"],
             weights_version=manifest["version"],
             source="production",
         )
+        return _check_architecture(ctx, state)
     fed = ctx.federation()
     weights = initial_weights(
         ctx.config.model, fed.input_dim, fed.num_classes, ctx.config.rounds.seed
@@ -206,6 +217,47 @@ def resume(ctx: RunContext) -> TrainingState:
         store.put_if_absent(key, data)
     return TrainingState(
         server_round=0, weights_key=key, weights_sha256=sha, weights_version=None, source="fresh"
+    )
+
+
+def _check_architecture(ctx: RunContext, state: TrainingState) -> TrainingState:
+    """Refuse, in one line, a config whose model does not fit the weights training resumes."""
+    fed = ctx.federation()
+    fresh = initial_weights(ctx.config.model, fed.input_dim, fed.num_classes, 0)
+    stored = load_weights(ctx.store(), state.weights_key, state.weights_sha256)
+    for name, tensor in fresh.items():
+        have = stored.get(name)
+        if have is None or tuple(have.shape) != tuple(tensor.shape):
+            found = "missing" if have is None else f"shape {tuple(have.shape)}"
+            raise ConfigError(
+                f"model {ctx.model!r} resumes from weights whose tensor {name!r} is {found}, but "
+                f"the configured model (model.* and data.*) needs {tuple(tensor.shape)}; keep "
+                "the architecture or train under a new --model name"
+            )
+    return state
+
+
+def _after_rollback(
+    registry: Registry, checkpoint: TrainingState, production: dict[str, Any] | None
+) -> TrainingState | None:
+    """If production was rolled back after the checkpoint was written, training resumes from
+    the version production went back to, so the next round does not undo the rollback. The
+    round counter and server state (optimizer moments, privacy accounting) carry on."""
+    history = (production or {}).get("history", [])
+    if not history or history[-1]["action"] != "rollback":
+        return None
+    if checkpoint.updated_at is not None and history[-1]["at"] <= checkpoint.updated_at:
+        return None
+    version = int(history[-1]["to"])
+    if checkpoint.weights_version == version:
+        return None
+    return checkpoint.model_copy(
+        update={
+            "weights_key": registry.model_key(version),
+            "weights_sha256": registry.manifest(version)["sha256"],
+            "weights_version": version,
+            "source": "rollback",
+        }
     )
 
 
@@ -245,6 +297,24 @@ class ClientTrainingError(RoundError):
         self.errors = errors
         detail = "; ".join(f"client {cid}: {msg}" for cid, msg in errors.items())
         super().__init__(f"{len(errors)} client(s) failed: {detail}")
+
+
+def _write_update(
+    ctx: RunContext, store: ObjectStore, server_round: int, update: training.ClientUpdate
+) -> ClientResult:
+    """The update first, then its result record: a result exists only with its update."""
+    data = weights_to_bytes(update.weights)
+    key = f"{ctx.scratch(server_round)}client-{update.client_id}.safetensors"
+    store.put(key, data)
+    result = ClientResult(
+        client_id=update.client_id,
+        num_examples=update.num_examples,
+        loss=float(update.loss),
+        update_key=key,
+        sha256=sha256_hex(data),
+    )
+    store.put(_result_key(ctx, server_round, update.client_id), result.model_dump_json().encode())
+    return result
 
 
 def _result_key(ctx: RunContext, server_round: int, client_id: int) -> str:
@@ -290,26 +360,16 @@ def train_clients(
         from fl.combine import client_config
 
         mu = float(client_config(ctx, server_round).get("proximal_mu", 0.0))
-        try:
-            updates = training.train_cohort(
-                model, global_weights, [fed.client(cid) for cid in todo], ctx.config.train,
-                seed=seed, server_round=server_round, proximal_mu=mu,
-            )  # fmt: skip
-        except Exception as err:  # a client's failure must not lose the others' results
-            errors.update({cid: f"{type(err).__name__}: {err}" for cid in todo})
-            updates = []
-        for update in updates:
-            data = weights_to_bytes(update.weights)
-            key = f"{ctx.scratch(server_round)}client-{update.client_id}.safetensors"
-            store.put(key, data)
-            result = ClientResult(
-                client_id=update.client_id, num_examples=update.num_examples,
-                loss=float(update.loss), update_key=key, sha256=sha256_hex(data),
-            )  # fmt: skip
-            store.put(
-                _result_key(ctx, server_round, update.client_id), result.model_dump_json().encode()
-            )
-            results.append(result)
+        for client_id in todo:  # one at a time: a failing client costs only its own update
+            try:
+                (update,) = training.train_cohort(
+                    model, global_weights, [fed.client(client_id)], ctx.config.train,
+                    seed=seed, server_round=server_round, proximal_mu=mu,
+                )  # fmt: skip
+            except Exception as err:
+                errors[client_id] = f"{type(err).__name__}: {err}"
+                continue
+            results.append(_write_update(ctx, store, server_round, update))
     if errors:
         raise ClientTrainingError(errors)
     return sorted(results, key=lambda r: r.client_id)
@@ -482,7 +542,7 @@ def register(
             "attacked": outcome.attacked,
         },
         "train_loss": outcome.train_loss,
-        "strategy": ctx.config.strategy.model_dump(),
+        "strategy": build_strategy(ctx.config.strategy).describe(),
         "privacy": outcome.privacy,
         "attack": attack_record(ctx),
     }
@@ -494,15 +554,25 @@ def register(
 
 
 def promote(ctx: RunContext, manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """Promote a version the gate passed; returns the alias change, or None if it was rejected."""
+    """Promote a version the gate passed; returns the alias change, or None if it was not.
+
+    The alias moves only if production is still the version the gate compared against: a
+    rollback or promotion made meanwhile is not silently overridden. A retried call (same run
+    and round) completes the same change instead of making a second one.
+    """
     if not manifest["gate"]["passed"]:
         return None
     accuracy = manifest["metrics"]["accuracy"]
-    change = ctx.registry().promote(
-        manifest["version"],
-        actor=f"run {ctx.run_id}",
-        reason=f"gate passed in round {manifest['round']} (accuracy {accuracy:.4f})",
-    )
+    try:
+        change = ctx.registry().promote(
+            manifest["version"],
+            actor=f"run {ctx.run_id}",
+            reason=f"gate passed in round {manifest['round']} (accuracy {accuracy:.4f})",
+            request_id=f"{ctx.run_id}:round-{manifest['round']}:promote",
+            expected_from=manifest["gate"].get("production_version"),
+        )
+    except AliasMoved:
+        return None
     return change.to_dict()
 
 
@@ -529,21 +599,32 @@ def advance(
         weights_version=version,
         server_state_key=outcome.server_state_key or state.server_state_key,
         server_state_sha256=outcome.server_state_sha256 or state.server_state_sha256,
+        updated_at=utc_now(),
     )
     write_checkpoint(ctx, new_state)
     superseded = state.server_state_key
     if superseded and superseded != new_state.server_state_key:
         ctx.store().delete(superseded)  # optimizer moments of an older round: no longer needed
-    remove_scratch(ctx, int(manifest["round"]))
     return new_state
 
 
 def finish_round(
     ctx: RunContext, state: TrainingState, manifest: dict[str, Any], outcome: RoundOutcome
 ) -> tuple[dict[str, Any] | None, TrainingState]:
-    """Promote if the gate passed, then advance the checkpoint: the round's last step."""
+    """The round's last step: advance the checkpoint, promote if the gate passed, clean up.
+
+    The checkpoint moves first, by compare-and-swap: of two runs resumed from one checkpoint,
+    the one that loses stops here, before it could promote anything.
+    """
+    new_state = advance(ctx, state, manifest, outcome)
     change = promote(ctx, manifest)
-    return change, advance(ctx, state, manifest, outcome)
+    remove_scratch(ctx, int(manifest["round"]))
+    return change, new_state
+
+
+def _same_point(a: TrainingState, b: TrainingState) -> bool:
+    keys = ("server_round", "weights_key", "weights_sha256", "server_state_key")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
 def write_checkpoint(ctx: RunContext, new_state: TrainingState) -> None:
@@ -556,7 +637,7 @@ def write_checkpoint(ctx: RunContext, new_state: TrainingState) -> None:
         try:
             if current is None:
                 store.put_if_absent(key, payload)
-            elif current[0] == new_state:
+            elif _same_point(current[0], new_state):
                 return  # a retried step that had already succeeded
             elif current[0].server_round >= new_state.server_round:
                 raise RoundError(

@@ -116,5 +116,5 @@ def promote(
     manifest: dict[str, Any],
     outcome: RoundOutcome,
 ) -> tuple[dict[str, Any] | None, TrainingState]:
-    """Promote when the gate passed, then move the checkpoint on and drop the round's scratch."""
+    """Move the checkpoint on, promote when the gate passed, drop the round's scratch."""
     return steps.finish_round(ctx, state, manifest, outcome)

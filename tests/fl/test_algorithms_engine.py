@@ -295,7 +295,7 @@ def test_fedprox_records_mu_and_pulls_updates_toward_the_global_model(tmp_path: 
     train(tmp_path / "avg", "strategy.name=fedavg")
     train(tmp_path / "mu0", "strategy.name=fedprox", "strategy.params={mu: 0.0}")
     recorded = manifests(tmp_path / "prox")[0]["strategy"]
-    assert recorded == {"name": "fedprox", "params": {"mu": 1.0}}
+    assert recorded == {"name": "fedprox", "params": {"mu": 1.0, "server_lr": 1.0}}
     origin = initial_vector(prox)
     step_prox = np.linalg.norm(model_vector(tmp_path / "prox", 1) - origin)
     step_avg = np.linalg.norm(model_vector(tmp_path / "avg", 1) - origin)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fl.config import load_config
+from fl.config import ConfigError, load_config
 from fl.engine import run_training
 from fl.registry import Registry
 from fl.store import LocalStore
@@ -55,3 +55,23 @@ def test_resume_is_exact_for_plain_fedavg(tmp_path: Path) -> None:
     a = Registry(LocalStore(tmp_path / "a"), "default").manifest(4)
     b = Registry(LocalStore(tmp_path / "b"), "default").manifest(4)
     assert a["sha256"] == b["sha256"] and one.rounds_completed == 4
+
+
+def test_training_after_a_rollback_continues_from_the_rolled_back_version(tmp_path: Path) -> None:
+    config = load_config(preset="tutorial", overrides=["rounds.per_run=3", "gate.min_accuracy=0.0",
+                                                       "gate.max_regression=1.0"])  # fmt: skip
+    run_training(config, store_url=str(tmp_path))
+    reg = Registry(LocalStore(tmp_path), "default")
+    assert reg.resolve("production") == 3
+    reg.rollback(to=1, reason="incident")
+    after = run_training(config.model_copy(deep=True), store_url=str(tmp_path))
+    assert after.resumed_from == "rollback" and after.rounds[0].round == 4
+    assert reg.manifest(4)["parent_version"] == 1
+
+
+def test_changed_architecture_on_resume_is_a_config_error(tmp_path: Path) -> None:
+    config = load_config(preset="tutorial", overrides=["rounds.per_run=1"])
+    run_training(config, store_url=str(tmp_path))
+    wider = load_config(preset="tutorial", overrides=["rounds.per_run=1", "model.hidden_dim=32"])
+    with pytest.raises(ConfigError, match=r"tensor 'net\.0\.weight' is shape \(64, 32\)"):
+        run_training(wider, store_url=str(tmp_path))

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl.errors import IntegrityError, RegistryError
+from fl.errors import AliasMoved, ConfigError, IntegrityError, PreconditionFailed, RegistryError
 from fl.registry import Registry
 from fl.serialization import sha256_hex
-from fl.store import ObjectStore
+from fl.store import LocalStore, ObjectStore
 
 WEIGHTS = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
 
@@ -75,7 +75,7 @@ def test_rollback_returns_to_previous_promotion_never_a_rejected_version(reg: Re
 def test_rollback_to_version_is_idempotent_and_refuses_unpromoted(reg: Registry) -> None:
     for _ in range(3):
         reg.promote(register(reg), actor="t", reason="r")
-    with pytest.raises(RegistryError, match="version 99 was never 'production'"):
+    with pytest.raises(RegistryError, match="version 99 is not an earlier target of 'production'"):
         reg.rollback(to=99, reason="x")
     first = reg.rollback(to=1, reason="bad deploy")
     again = reg.rollback(to=1, reason="bad deploy")
@@ -105,8 +105,10 @@ def test_any_alias_name_and_unknown_version(reg: Registry) -> None:
     assert reg.aliases() == {"canary": version}
     with pytest.raises(RegistryError, match="no version 7"):
         reg.promote(7)
-    with pytest.raises(RegistryError, match="invalid alias name"):
+    with pytest.raises(ConfigError, match="invalid alias name"):
         reg.promote(version, alias="../etc")
+    with pytest.raises(ConfigError, match="read as a version number"):
+        reg.promote(version, alias="2024")
 
 
 def test_flipped_byte_is_detected_on_load(reg: Registry) -> None:
@@ -185,3 +187,72 @@ def test_concurrent_promotions_all_land_in_history(concurrent_store: ObjectStore
     # the stack plus the current target hold every promotion exactly once
     assert sorted([*state["stack"], state["version"]]) == versions
     assert len(reg.audit_log()) == 8
+
+
+# ----- retries and lost replies --------------------------------------------------------------
+class LostReplies:
+    """A store whose conditional writes land but report failure once, as after a lost reply."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.lose_next = False
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    def _maybe_lose(self, token: str) -> str:
+        if self.lose_next:
+            self.lose_next = False
+            raise PreconditionFailed("reply lost after the write landed")
+        return token
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        return self._maybe_lose(self.inner.put_if_absent(key, data))
+
+    def put_if_match(self, key: str, data: bytes, token: str) -> str:
+        return self._maybe_lose(self.inner.put_if_match(key, data, token))
+
+
+def test_lost_reply_on_alias_write_does_not_roll_back_twice(tmp_path: Path) -> None:
+    flaky = LostReplies(LocalStore(tmp_path))
+    reg = Registry(flaky, "m")  # type: ignore[arg-type]
+    for _ in range(3):
+        reg.promote(register(reg), reason="r")
+    flaky.lose_next = True
+    change = reg.rollback(steps=1, reason="incident")
+    assert (change.from_version, change.to_version) == (3, 2)
+    assert reg.resolve("production") == 2
+    assert [r["to_version"] for r in reg.audit_log()][:1] == [2]
+
+
+def test_lost_reply_on_create_only_write_registers_once(tmp_path: Path) -> None:
+    flaky = LostReplies(LocalStore(tmp_path))
+    reg = Registry(flaky, "m")  # type: ignore[arg-type]
+    flaky.lose_next = True  # the claim lands, its reply is lost
+    assert register(reg) == 1
+    assert register(reg) == 2
+
+
+def test_retried_promotion_completes_the_same_change(tmp_path: Path) -> None:
+    reg = Registry(LocalStore(tmp_path), "m")
+    version = register(reg)
+    first = reg.promote(version, reason="r", request_id="run-1:round-1")
+    for key in list(reg.store.list("models/m/audit/")):
+        reg.store.delete(key)  # the first attempt died before writing its audit record
+    again = reg.promote(version, reason="r", request_id="run-1:round-1")
+    assert first.changed and again.changed and again.at == first.at
+    assert len(reg.audit_log()) == 1
+    assert len(reg.alias_state()["history"]) == 1  # type: ignore[index]
+    assert not reg.promote(version, reason="r").changed  # a new request: nothing to do
+
+
+def test_promotion_refused_when_production_moved_since_the_gate(tmp_path: Path) -> None:
+    reg = Registry(LocalStore(tmp_path), "m")
+    one, two, three = register(reg), register(reg), register(reg)
+    reg.promote(one, reason="r")
+    reg.promote(two, reason="r")
+    reg.rollback(to=one, reason="incident")
+    with pytest.raises(AliasMoved, match="at version 1, not 2"):
+        reg.promote(three, reason="gated against v2", expected_from=two)
+    assert reg.resolve("production") == one
