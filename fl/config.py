@@ -331,7 +331,3 @@ def load_config(
     else:
         data = preset_dict(preset or "digits")
     return build_config(apply_overrides(data, overrides or []))
-
-
-def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    return build_config(apply_overrides(config.fingerprint_payload(), overrides))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -46,19 +46,11 @@ class RunSummary(BaseModel):
     final_accuracy: float | None
     rounds: list[RoundRecord]
 
-    def public(self) -> dict[str, Any]:
-        """The fields `fedship train --json` prints."""
-        return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "rounds_completed": self.rounds_completed,
-            "first_round": self.first_round,
-            "last_round": self.last_round,
-            "versions_registered": self.versions_registered,
-            "versions_promoted": self.versions_promoted,
-            "production": self.production,
-            "final_accuracy": self.final_accuracy,
-        }
+    PUBLIC_FIELDS: ClassVar[tuple[str, ...]] = (
+        "run_id", "rounds_completed", "versions_registered", "versions_promoted", "production",
+        "final_accuracy",
+    )  # fmt: skip
+    """What `fedship train --json` prints."""
 
 
 def new_run_id() -> str:

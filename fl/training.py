@@ -8,6 +8,7 @@ weights, and one client takes milliseconds.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,18 +60,34 @@ def client_seed(seed: int, server_round: int, client_id: int) -> int:
     return derive_seed("client", seed, server_round, client_id)
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
 @contextmanager
 def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Set torch's intra-op thread count for the block (process-wide), then restore it."""
+    """Set torch's intra-op thread count while any caller is inside (it is process-wide).
+
+    Reference-counted, so concurrent client tasks in threads neither restore the count under
+    each other nor leave it changed: the first to enter saves it, the last to leave restores it.
+    """
+    global _threads_users, _threads_saved
     if num_threads is None:
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+        _threads_users += 1
+        torch.set_num_threads(num_threads)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 def _optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -153,6 +153,7 @@ def train(
     verbose: VerboseOpt = False,
 ) -> None:
     """Run federated rounds, continuing from the model's last checkpoint."""
+    from fl.engine import RunSummary
     from flows.training import ROUND_EVENTS, build_run_config
 
     config_obj = guarded(lambda: build_run_config(preset, config, rounds, overrides))
@@ -211,17 +212,7 @@ def train(
             )
     finally:
         ROUND_EVENTS.removeHandler(handler)
-    public = {
-        k: summary[k]
-        for k in (
-            "run_id",
-            "rounds_completed",
-            "versions_registered",
-            "versions_promoted",
-            "production",
-            "final_accuracy",
-        )
-    }
+    public = {k: summary[k] for k in RunSummary.PUBLIC_FIELDS}
     if as_json:
         print_json(public)
         return

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 from filelock import FileLock, Timeout
 
-from fl.errors import ObjectNotFound, PreconditionFailed, StoreError
+from fl.errors import ConfigError, ObjectNotFound, PreconditionFailed, StoreError
 from fl.store.base import StoredObject
 
 RESERVED_PREFIX = ".fedship-"
@@ -88,8 +88,11 @@ def path_from_url(url: str | os.PathLike[str]) -> Path:
     if text.startswith("file://"):
         text = unquote(text.removeprefix("file://"))
     if not text:
-        raise StoreError(f"local store location {os.fspath(url)!r} names no directory")
-    return Path(text).expanduser()
+        raise ConfigError(f"local store location {os.fspath(url)!r} names no directory")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user for a user that does not exist
+        raise ConfigError(f"local store location {text!r}: cannot expand '~' there") from None
 
 
 def content_token(data: bytes) -> str:
@@ -104,7 +107,7 @@ class LocalStore:
         self.root = path_from_url(root).absolute()
         self.durable = durable
         if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"local store root {str(self.root)!r} exists but is not a directory")
+            raise ConfigError(f"local store root {str(self.root)!r} exists but is not a directory")
         self.url = self.root.as_uri()
 
     def __repr__(self) -> str:

@@ -105,12 +105,17 @@ def test_unsupported_urls_list_the_accepted_forms(url: str) -> None:
         open_store(url)
 
 
-def test_root_that_is_a_file_is_a_store_error(tmp_path: Path) -> None:
+def test_root_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
     root = tmp_path / "not-a-dir"
     root.write_text("oops")
 
-    with pytest.raises(StoreError, match=str(root)):
+    with pytest.raises(ConfigError, match=str(root)):  # a bad --store: a usage error, exit 2
         open_store(str(root))
+
+
+def test_home_of_unknown_user_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot expand"):
+        open_store("~no-such-user-fedship/store")
 
 
 def test_root_replaced_by_a_file_is_a_store_error(tmp_path: Path) -> None:
