@@ -14,11 +14,15 @@ export PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE ?= 50
 
 .PHONY: install demo test lint bench clean
 
+# pip's own chatter goes to .venv/install.log; on failure its tail is printed.
 $(STAMP): pyproject.toml constraints.txt
+	@echo "setting up $(VENV) (pip log: $(VENV)/install.log)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
-	touch $(STAMP)
+	@{ $(BIN)/pip install --upgrade pip && \
+	   $(BIN)/pip install -c constraints.txt -e '.[test]'; } > $(VENV)/install.log 2>&1 \
+	  || { tail -40 $(VENV)/install.log; echo "set-up failed: see $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
+	@echo "$(VENV) ready"
 
 install: $(STAMP)
 
