@@ -70,13 +70,13 @@ def _checked_updates(
     ctx: RunContext,
     results: Sequence[ClientResult],
     global_weights: Weights,
+    global_vec: np.ndarray,
     refused: dict[int, str],
 ) -> Iterator[tuple[ClientResult, Weights, FlatUpdate]]:
     """Updates read one at a time; one whose tensors do not match the model is refused."""
     from fl.rounds import load_update
 
     store = ctx.scratch_store()
-    global_vec = flatten(global_weights)
     for result in results:
         weights = load_update(store, result)
         try:
@@ -93,13 +93,14 @@ def _streamed_mean(
     ctx: RunContext,
     results: Sequence[ClientResult],
     global_weights: Weights,
+    global_vec: np.ndarray,
     refused: dict[int, str],
 ) -> WeightedMean:
     """FedAvg's weighted mean in O(model size): each update is screened, added, dropped."""
     mean = WeightedMean(global_weights)
-    size = sum(t.numel() for t in global_weights.values())
-    for result, weights, flat in _checked_updates(ctx, results, global_weights, refused):
-        _, refusals = screen_updates([flat], ctx.config.screening, size)
+    updates = _checked_updates(ctx, results, global_weights, global_vec, refused)
+    for result, weights, flat in updates:
+        _, refusals = screen_updates([flat], ctx.config.screening, global_vec.size)
         if refusals:
             refused[result.client_id] = refusals[0].reason
             continue
@@ -125,7 +126,7 @@ def combine(
     privacy = None
     state_out: dict[str, np.ndarray] = {}
     if _streams(ctx, strategy):
-        mean = _streamed_mean(ctx, results, global_weights, refused)
+        mean = _streamed_mean(ctx, results, global_weights, global_vec, refused)
         contributed = [r.client_id for r in results if r.client_id not in refused]
         if not contributed:
             candidate = global_weights
@@ -135,7 +136,10 @@ def combine(
             delta = flatten(mean.result()) - global_vec
             candidate = unflatten(strategy.apply(server_round, global_vec, delta), global_weights)
     else:
-        deltas = [flat for _, _, flat in _checked_updates(ctx, results, global_weights, refused)]
+        deltas = [
+            flat
+            for _, _, flat in _checked_updates(ctx, results, global_weights, global_vec, refused)
+        ]
         deltas, attacked = apply_attack(
             deltas, cfg.attack, seed=cfg.rounds.seed, server_round=server_round
         )

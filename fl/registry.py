@@ -244,8 +244,9 @@ class Registry:
 
     def load_bytes(self, ref: int | str) -> tuple[bytes, dict[str, Any]]:
         """The stored model bytes, verified against the SHA-256 in the manifest."""
-        version = self.resolve(ref)
-        manifest = self.manifest(version)
+        is_number = isinstance(ref, int) or re.fullmatch(r"[0-9]+", str(ref))
+        version = int(ref) if is_number else self.resolve(ref)
+        manifest = self.manifest(version)  # raises for an unknown version
         try:
             data = self.store.get(self.model_key(version)).data
         except ObjectNotFound:
