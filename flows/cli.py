@@ -30,6 +30,7 @@ from fl.config import DEFAULT_STORE, STORE_ENV, ConfigError  # noqa: E402
 from fl.errors import FedshipError  # noqa: E402
 from fl.registry import DEFAULT_ALIAS, Registry  # noqa: E402
 from fl.store import open_store  # noqa: E402
+from flows.actor import local_actor  # noqa: E402
 
 app = typer.Typer(
     help="Fedship: federated training with versioned, gated releases and rollback.",
@@ -101,21 +102,12 @@ def _unknown_model(reg: Registry) -> FedshipError:
 
 
 @contextmanager
-def prefect_session(verbose: bool) -> Iterator[None]:
+def prefect_session() -> Iterator[None]:
     """Run flows in-process without the ~1 s heartbeat-thread join at the end of each."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
-
-
-def local_actor() -> str:
-    import getpass
-
-    try:
-        return os.environ.get("FEDSHIP_ACTOR") or f"user {getpass.getuser()}"
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def print_json(payload: Any) -> None:
@@ -197,7 +189,7 @@ def train(
     ROUND_EVENTS.addHandler(handler)
     ROUND_EVENTS.setLevel(logging.INFO)
     try:
-        with prefect_session(verbose), progress:
+        with prefect_session(), progress:
             from flows.training import federated_training
 
             summary = guarded(
@@ -388,7 +380,7 @@ def promote(
     if force and not reason.strip():
         fail("--force needs --reason (it goes into the audit record)", 2)
     guarded(lambda: existing_registry(store, model).manifest(version))
-    with prefect_session(verbose):
+    with prefect_session():
         from flows.promotion import promote as promote_flow
 
         change = guarded(
@@ -448,7 +440,7 @@ def rollback(
         )
         _print_change(change, as_json)
         return
-    with prefect_session(verbose):
+    with prefect_session():
         from flows.rollback import rollback as rollback_flow
 
         change = guarded(
