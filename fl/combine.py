@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 
 STRATEGY_PREFIX = "strategy."
 PRIVACY_PREFIX = "privacy."
+UNACCOUNTED = "lineage.unaccounted_rounds"
+UNACCOUNTED_NOTE = (
+    "the model's lineage includes rounds without differential-privacy accounting, so no finite "
+    "(epsilon, delta) guarantee holds for it"
+)
 
 
 def round_rng(seed: int, server_round: int, purpose: str) -> np.random.Generator:
@@ -168,10 +173,16 @@ def combine(
             cfg.rounds.clients_per_round / cfg.data.num_clients,
             cfg.privacy.delta,
         )
-        accountant.load_state_dict(_split_state(server_state, PRIVACY_PREFIX))
+        accounted = _split_state(server_state, PRIVACY_PREFIX)
+        accountant.load_state_dict(accounted)
         accountant.step()
         privacy = privacy_record(accountant, cfg.privacy.clip_norm)
         state_out.update({PRIVACY_PREFIX + k: v for k, v in accountant.state_dict().items()})
+        # Rounds before this one that the accountant never saw (DP switched on mid-lineage, or
+        # a resume from production without its checkpoint) void any finite guarantee.
+        if UNACCOUNTED in server_state or (not accounted and server_round > 1):
+            privacy = {**privacy, "epsilon": None, "epsilon_note": UNACCOUNTED_NOTE}
+            state_out[UNACCOUNTED] = np.array([1], dtype=np.int64)
     state_out.update({STRATEGY_PREFIX + k: v for k, v in strategy.state_dict().items()})
     candidate_key, candidate_sha = write_candidate(ctx, server_round, candidate)
     state_key, state_sha = write_server_state(ctx, server_round, state_out)

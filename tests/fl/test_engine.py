@@ -75,3 +75,21 @@ def test_changed_architecture_on_resume_is_a_config_error(tmp_path: Path) -> Non
     wider = load_config(preset="tutorial", overrides=["rounds.per_run=1", "model.hidden_dim=32"])
     with pytest.raises(ConfigError, match=r"tensor 'net\.0\.weight' is shape \(64, 32\)"):
         run_training(wider, store_url=str(tmp_path))
+
+
+def test_dp_switched_on_mid_lineage_claims_no_finite_epsilon(tmp_path: Path) -> None:
+    base = ["gate.min_accuracy=0.0", "gate.max_regression=1.0"]
+    run_training(load_config(preset="tutorial", overrides=[*base, "rounds.per_run=2"]),
+                 store_url=str(tmp_path))  # fmt: skip
+    private = [*base, "rounds.per_run=2", "privacy.clip_norm=1.0", "privacy.noise_multiplier=1.0",
+               "gate.max_epsilon=100"]  # fmt: skip
+    summary = run_training(
+        load_config(preset="tutorial", overrides=private), store_url=str(tmp_path)
+    )
+    reg = Registry(LocalStore(tmp_path), "default")
+    for version in summary.versions_registered:
+        privacy = reg.manifest(version)["privacy"]
+        assert (
+            privacy["epsilon"] is None and "without differential-privacy" in privacy["epsilon_note"]
+        )
+    assert summary.versions_promoted == []  # the budget check cannot pass without a guarantee
