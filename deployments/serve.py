@@ -57,6 +57,7 @@ def build_deployments(
                     {
                         "model": "{{ event.resource['fedship.model'] }}",
                         "reason": "{{ event.payload.reason }}",
+                        "expected_version": "{{ event.payload.version }}",
                     },
                 )
             ],  # fmt: skip

@@ -405,6 +405,7 @@ class Registry:
         reason: str = "",
         verify: Callable[[int], None] | None = None,
         request_id: str | None = None,
+        expected_from: int | None | object = _ANY,
     ) -> AliasChange:
         """Move `alias` back to a version it pointed to before (never to one it never held).
 
@@ -421,7 +422,15 @@ class Registry:
         def plan(state: dict[str, Any] | None) -> tuple[int, list[int]] | None:
             return self._rollback_plan(state, steps, to, alias)
 
-        return self._change_alias(alias, "rollback", plan, actor, reason, request_id=request_id)
+        return self._change_alias(
+            alias,
+            "rollback",
+            plan,
+            actor,
+            reason,
+            request_id=request_id,
+            expected_from=expected_from,
+        )
 
     def rollback_target(
         self, *, steps: int | None = None, to: int | None = None, alias: str = DEFAULT_ALIAS

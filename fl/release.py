@@ -28,8 +28,9 @@ def verify_version(registry: Registry, version: int) -> dict[str, Any]:
 
 def promotion_decision(
     registry: Registry, version: int, alias: str = DEFAULT_ALIAS
-) -> GateDecision:
-    """The version's own gate settings, applied against what `alias` serves now."""
+) -> dict[str, Any]:
+    """The version's own gate settings, applied against what `alias` serves now; the decision
+    records that version as `production_version`, so the promotion can insist on it."""
     manifest = registry.manifest(version)
     config = RunConfig.model_validate(manifest["config"])
     state = registry.alias_state(alias)
@@ -38,7 +39,7 @@ def promotion_decision(
     if production_version is not None and production_version != version:
         production_metrics = registry.manifest(production_version)["metrics"]
     gate = build_gate(config.gate, config.rounds.min_fit_clients)
-    return gate(
+    decision: GateDecision = gate(
         Candidate(
             metrics=manifest["metrics"],
             production_metrics=production_metrics,
@@ -48,3 +49,4 @@ def promotion_decision(
             attack=manifest.get("attack"),
         )
     )
+    return {**decision.to_dict(), "production_version": production_version}

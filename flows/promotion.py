@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from fl.errors import PromotionRefused, RegistryError
 from flows.actor import current_actor
@@ -40,7 +42,11 @@ def promote(
     why = reason or "gate passed: " + "; ".join(decision["reasons"])
     if force and not decision["passed"]:
         why = f"forced over gate refusal ({refused}): {reason}"
-    change = release.move_alias(store, model, alias, "promote", version, current_actor(actor), why)
+    change = release.move_alias(
+        store, model, alias, "promote", version, current_actor(actor), why,
+        request_id=f"{flow_run.get_id() or uuid.uuid4()}:promote",
+        expected_from=decision["production_version"],
+    )  # fmt: skip
     logger.info(
         "%s/%s now serves version %d (accuracy %.4f)", model, alias, version, metrics["accuracy"]
     )

@@ -24,9 +24,21 @@ def registry(store: str | None, model: str) -> Registry:
     **IO,
 )
 def rollback_target(
-    store: str | None, model: str, alias: str, steps: int | None, to_version: int | None
-) -> int | None:
-    return registry(store, model).rollback_target(steps=steps, to=to_version, alias=alias)
+    store: str | None,
+    model: str,
+    alias: str,
+    steps: int | None,
+    to_version: int | None,
+    expected_version: int | None = None,
+) -> tuple[int | None, int | None]:
+    """(version to go back to, version served now), read together. The target is None when
+    there is nothing to do: already there, or the alias has moved off `expected_version`."""
+    reg = registry(store, model)
+    state = reg.alias_state(alias)
+    current = None if state is None else int(state["version"])
+    if expected_version is not None and current != expected_version:
+        return None, current
+    return reg.rollback_target(steps=steps, to=to_version, alias=alias), current
 
 
 @task(name="verify-version", task_run_name="verify {model} v{version}", cache_policy=NO_CACHE,
@@ -38,7 +50,7 @@ def verify_version(store: str | None, model: str, version: int) -> dict[str, Any
 
 @task(name="promotion-gate", task_run_name="gate {model} v{version}", cache_policy=NO_CACHE, **IO)
 def promotion_gate(store: str | None, model: str, version: int, alias: str) -> dict[str, Any]:
-    return release.promotion_decision(registry(store, model), version, alias).to_dict()
+    return release.promotion_decision(registry(store, model), version, alias)
 
 
 @task(
@@ -48,10 +60,27 @@ def promotion_gate(store: str | None, model: str, version: int, alias: str) -> d
     **IO,
 )
 def move_alias(
-    store: str | None, model: str, alias: str, action: str, version: int, actor: str, reason: str
+    store: str | None,
+    model: str,
+    alias: str,
+    action: str,
+    version: int,
+    actor: str,
+    reason: str,
+    request_id: str,
+    expected_from: int | None,
 ) -> dict[str, Any]:
-    """Promote, or roll back to exactly `version`; idempotent, so safe to retry."""
+    """Promote, or roll back to exactly `version`, only if the alias is still at
+    `expected_from`. A retry (same `request_id`) completes the same change."""
     reg = registry(store, model)
     if action == "promote":
-        return reg.promote(version, alias=alias, actor=actor, reason=reason).to_dict()
-    return reg.rollback(to=version, alias=alias, actor=actor, reason=reason).to_dict()
+        change = reg.promote(
+            version, alias=alias, actor=actor, reason=reason, request_id=request_id,
+            expected_from=expected_from,
+        )  # fmt: skip
+    else:
+        change = reg.rollback(
+            to=version, alias=alias, actor=actor, reason=reason, request_id=request_id,
+            expected_from=expected_from,
+        )  # fmt: skip
+    return change.to_dict()

@@ -110,3 +110,14 @@ def test_blank_reason_is_refused(s3_target: S3Target) -> None:
         rollback(reason="   ", store=s3_target.url)
 
     assert snapshot(s3_target) == before
+
+
+def test_a_repeated_alert_about_one_version_rolls_back_once(s3_target: S3Target) -> None:
+    seed_versions(s3_target, [PASS_ALL, PASS_ALL, PASS_ALL])  # production 1 -> 2 -> 3
+    first = rollback(reason="alert: v3 degraded", store=s3_target.url, expected_version=3)
+    again = rollback(reason="alert: v3 degraded", store=s3_target.url, expected_version=3)
+    assert (first["from_version"], first["to_version"], first["changed"]) == (3, 2, True)
+    assert (again["from_version"], again["to_version"], again["changed"]) == (2, 2, False)
+    alias, audit = snapshot(s3_target)
+    assert alias is not None and alias["version"] == 2
+    assert sum(r["action"] == "rollback" for r in audit) == 1
