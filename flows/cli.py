@@ -467,8 +467,27 @@ def serve(
     guarded(lambda: serve_all(model=model, store=store, preset=preset, rounds=rounds, cron=cron))
 
 
+def _is(error: BaseException, name: str) -> bool:
+    """Typer ships its own copy of click, so match click's exception classes by name."""
+    return any(cls.__name__ == name for cls in type(error).__mro__)
+
+
 def main() -> None:
-    app()
+    """Entry point: usage errors (unknown option, missing value) become one line, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as error:
+        if _is(error, "UsageError"):
+            ctx = getattr(error, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            message = error.format_message()  # type: ignore[attr-defined]
+            err.print(f"error: {where}{message}", markup=False, highlight=False)
+            sys.exit(2)
+        if _is(error, "Abort"):
+            err.print("aborted", markup=False)
+            sys.exit(1)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

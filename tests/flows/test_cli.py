@@ -7,6 +7,9 @@ version, nothing to roll back to) or 2 (usage or configuration).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,3 +178,22 @@ def test_unsupported_store_url_is_a_usage_error(command: list[str]) -> None:
     result = fedship(*command, "--store", "ftp://x")
 
     assert_one_line_error(result, 2, "store URL 'ftp://x' is not supported")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["rollback"], "Missing option '--reason'"),
+        (["versions", "--bogus"], "No such option: --bogus"),
+        (["train", "--rounds", "0"], "Invalid value for '--rounds'"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    """Through the real entry point (a subprocess), as a user meets it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args, "--store", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
