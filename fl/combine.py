@@ -186,7 +186,8 @@ def combine(
     state_out.update({STRATEGY_PREFIX + k: v for k, v in strategy.state_dict().items()})
     candidate_key, candidate_sha = write_candidate(ctx, server_round, candidate)
     state_key, state_sha = write_server_state(ctx, server_round, state_out)
-    losses = [r.loss for r in results if r.client_id in set(contributed)]
+    kept = set(contributed)
+    losses = [r.loss for r in results if r.client_id in kept]
     return RoundOutcome(
         candidate_key=candidate_key,
         candidate_sha256=candidate_sha,

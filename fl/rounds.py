@@ -197,8 +197,9 @@ def resume(ctx: RunContext) -> TrainingState:
         return _check_architecture(ctx, state)
     if production is not None:
         manifest = registry.manifest(int(production["version"]))
+        newest = next(registry.iter_versions(), manifest)  # round numbers are never reused
         state = TrainingState(
-            server_round=int(manifest.get("round", 0)),
+            server_round=max(int(manifest.get("round", 0)), int(newest.get("round", 0))),
             weights_key=registry.model_key(manifest["version"]),
             weights_sha256=manifest["sha256"],
             weights_version=manifest["version"],
